@@ -1,0 +1,22 @@
+# Flags for sdpa's own tests, examples and benchmarks (never for the sdpa::sdpa interface).
+
+# sdpa_internal_target(<target>): ISA flags, warnings (-Wundef turns a misspelt SDPA_HAS_*
+# macro into an error) and, when SDPA_SANITIZE is set, the sanitizers.
+function(sdpa_internal_target target)
+  target_link_libraries(${target} PRIVATE sdpa::sdpa)
+  if(SDPA_ARCH_FLAGS)
+    separate_arguments(arch_flags UNIX_COMMAND "${SDPA_ARCH_FLAGS}")
+    target_compile_options(${target} PRIVATE ${arch_flags})
+  endif()
+  if(CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+    target_compile_options(${target} PRIVATE -Wall -Wextra -Wundef -Werror=undef)
+    if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+      # GCC 12 reports false positives inside its own AVX-512 headers when Eigen uses them.
+      target_compile_options(${target} PRIVATE -Wno-maybe-uninitialized)
+    endif()
+  endif()
+  if(SDPA_SANITIZE)
+    target_compile_options(${target} PRIVATE -fsanitize=${SDPA_SANITIZE} -fno-omit-frame-pointer -fno-sanitize-recover=all)
+    target_link_options(${target} PRIVATE -fsanitize=${SDPA_SANITIZE})
+  endif()
+endfunction()

@@ -1,0 +1,62 @@
+// sdpa/kernels/blocked.hpp - Kernel::Blocked: the tiled loop with plain scalar tile products.
+//
+// Portable to any compiler and any arithmetic type (float, double, long double): the tile
+// products are the textbook triple loops and exp2 is the C library's. It is the tiled
+// algorithm written to be read; the Simd path is the same loop with faster tiles.
+#pragma once
+
+#include "../simd/scalar.hpp"
+#include "tiled_loop.hpp"
+
+#include <cmath>
+
+namespace sdpa::kernels {
+
+template <class T>
+class PlainTiles {
+ public:
+  using Vec = simd::Vec<T, simd::scalar>;
+  static constexpr Index key_multiple = 1;
+  static constexpr Index row_multiple = 1;
+
+  PlainTiles(MatrixView<const T> k, MatrixView<const T> v, const Tiling&) : k_(k), v_(v) {}
+
+  Index accumulator_cols() const { return v_.cols; }
+  Vec exp2(Vec x) const { return {std::exp2(x.v)}; }
+
+  // s (rows, keys) = q_tile (rows, d_k) K[j0 : j0 + keys]^T
+  void scores(const T* q_tile, Index rows, Index j0, Index keys, T* s, Index ld) const {
+    const Index dk = k_.cols;
+    for (Index r = 0; r < rows; ++r)
+      for (Index c = 0; c < keys; ++c) {
+        const T* q_row = q_tile + r * dk;
+        const T* k_row = k_.row(j0 + c);
+        T dot = T(0);
+        for (Index e = 0; e < dk; ++e) dot += q_row[e] * k_row[e];
+        s[r * ld + c] = dot;
+      }
+  }
+
+  // acc (rows, d_v) += p (rows, keys) V[j0 : j0 + keys]
+  void accumulate(const T* p, Index rows, Index ld, Index j0, Index keys, T* acc) const {
+    const Index dv = v_.cols;
+    for (Index r = 0; r < rows; ++r)
+      for (Index c = 0; c < keys; ++c) {
+        const T weight = p[r * ld + c];
+        const T* v_row = v_.row(j0 + c);
+        for (Index e = 0; e < dv; ++e) acc[r * dv + e] += weight * v_row[e];
+      }
+  }
+
+ private:
+  MatrixView<const T> k_, v_;
+};
+
+/// out = softmax(scale Q K^T + mask) V, tiled; inputs already validated.
+template <class T>
+void blocked_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out,
+                       double scale, const Options& options) {
+  tiled_attention<PlainTiles<T>>(q, k, v, out, scale, options);
+}
+
+}  // namespace sdpa::kernels

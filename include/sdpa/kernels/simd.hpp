@@ -1,0 +1,161 @@
+// sdpa/kernels/simd.hpp - Kernel::Simd: the tiled loop with register-blocked vector microkernels.
+//
+// Two products dominate: S = Q_tile K_tile^T and acc += P V_tile. Both are computed by
+// microkernels that keep an R x C block of vector accumulators in registers, vectorised
+// across keys (for S) and across value features (for P V), and broadcast the other operand
+// one scalar at a time (the GEMM microkernel of Eigen, BLIS and ruy).
+//
+// For S to be vectorised across keys, K is packed once per call into K^T panels, one per key
+// tile: panel b holds keys [b Bk, b Bk + Bk) as (d_k, Bk padded) with zeros past Nk. V is read
+// in place, row by row; only when d_v is not a multiple of the vector width is it packed
+// with zero padding, so that no load reads past a row. Exp is the polynomial of simd/exp.hpp.
+#pragma once
+
+#include "../simd/simd.hpp"
+#include "tiled_loop.hpp"
+
+#include <algorithm>
+#include <type_traits>
+
+namespace sdpa::kernels {
+
+/// Register blocking per ISA: R rows x C vectors of accumulators, plus C loads and one
+/// broadcast in flight, must fit the register file (32 zmm / 16 ymm / 32 q registers).
+/// 6 x 4 zmm = 24 accumulators: with two FMA pipes of 4-cycle latency, 8 independent FMAs
+/// hide the latency and 24 leave the loads (4 + 6 per step) well under the FMA count.
+template <class Arch> struct Blocking { static constexpr int rows = 6, vectors = 4; };
+template <> struct Blocking<simd::avx2> { static constexpr int rows = 6, vectors = 2; };  // 12 of 16 ymm
+template <> struct Blocking<simd::scalar> { static constexpr int rows = 4, vectors = 4; };
+
+namespace detail {
+
+/// Calls f(std::integral_constant<int, n>) for the runtime n in [1, R]: the remainder rows of
+/// a tile get a microkernel of their own exact height.
+template <int R, class F>
+SDPA_ALWAYS_INLINE void with_rows(Index n, F&& f) {
+  if constexpr (R > 1) {
+    if (n < R) return with_rows<R - 1>(n, f);
+  }
+  f(std::integral_constant<int, R>{});
+}
+
+// s (R, C W) = q (R, d_k) kt (d_k, C W): kt is a K^T panel, row stride kt_ld.
+template <class V, int R, int C>
+SDPA_ALWAYS_INLINE void score_block(const float* q, Index dk, const float* kt, Index kt_ld, float* s, Index s_ld) {
+  V acc[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c] = V::zero();
+  for (Index e = 0; e < dk; ++e) {
+    V key[C];
+    for (int c = 0; c < C; ++c) key[c] = V::load(kt + e * kt_ld + c * V::width);
+    for (int r = 0; r < R; ++r) {
+      const V query = V::broadcast(q[r * dk + e]);
+      for (int c = 0; c < C; ++c) acc[r][c] = fma(query, key[c], acc[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) acc[r][c].store(s + r * s_ld + c * V::width);
+}
+
+// acc (R, C W) += p (R, keys) v (keys, C W): v rows at stride v_ld.
+template <class V, int R, int C>
+SDPA_ALWAYS_INLINE void value_block(const float* p, Index p_ld, Index keys, const float* v, Index v_ld, float* acc,
+                                    Index acc_ld) {
+  V out[R][C];
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) out[r][c] = V::load(acc + r * acc_ld + c * V::width);
+  for (Index j = 0; j < keys; ++j) {
+    V value[C];
+    for (int c = 0; c < C; ++c) value[c] = V::load(v + j * v_ld + c * V::width);
+    for (int r = 0; r < R; ++r) {
+      const V weight = V::broadcast(p[r * p_ld + j]);
+      for (int c = 0; c < C; ++c) out[r][c] = fma(weight, value[c], out[r][c]);
+    }
+  }
+  for (int r = 0; r < R; ++r)
+    for (int c = 0; c < C; ++c) out[r][c].store(acc + r * acc_ld + c * V::width);
+}
+
+}  // namespace detail
+
+template <class Arch>
+class SimdTiles {
+ public:
+  using Vec = simd::Vec<float, Arch>;
+  static constexpr int W = Vec::width;
+  static constexpr int R = Blocking<Arch>::rows;
+  static constexpr int C = Blocking<Arch>::vectors;
+  static constexpr Index key_multiple = C * W;  // one score microkernel spans a whole padded key tile row
+  static constexpr Index row_multiple = R;
+
+  SimdTiles(MatrixView<const float> k, MatrixView<const float> v, const Tiling& tiling)
+      : dk_(k.cols), key_rows_(tiling.key_rows), panel_ld_(round_up(tiling.key_rows, key_multiple)),
+        acc_ld_(round_up(v.cols, W)), v_(v) {
+    // K^T panels, zero-padded: (tiles, d_k, panel_ld)
+    const Index nk = k.rows, tiles = (nk + key_rows_ - 1) / key_rows_;
+    packed_k_ = sdpa::detail::thread_scratch<float, sdpa::detail::Slot::PackedKeys>(std::max<Index>(1, tiles * dk_ * panel_ld_));
+    for (Index t = 0; t < tiles; ++t) {
+      float* panel = packed_k_ + t * dk_ * panel_ld_;
+      const Index j0 = t * key_rows_, keys = std::min(key_rows_, nk - j0);
+      for (Index e = 0; e < dk_; ++e) std::fill(panel + e * panel_ld_ + keys, panel + (e + 1) * panel_ld_, 0.0f);
+      for (Index c = 0; c < keys; ++c) {
+        const float* k_row = k.row(j0 + c);
+        for (Index e = 0; e < dk_; ++e) panel[e * panel_ld_ + c] = k_row[e];
+      }
+    }
+    // V in place when its rows are whole vectors; otherwise a zero-padded copy (Nk, acc_ld).
+    if (acc_ld_ != v.cols) {
+      float* packed = sdpa::detail::thread_scratch<float, sdpa::detail::Slot::PackedValues>(std::max<Index>(1, v.rows * acc_ld_));
+      for (Index j = 0; j < v.rows; ++j) {
+        std::copy(v.row(j), v.row(j) + v.cols, packed + j * acc_ld_);
+        std::fill(packed + j * acc_ld_ + v.cols, packed + (j + 1) * acc_ld_, 0.0f);
+      }
+      v_ = MatrixView<const float>(packed, v.rows, acc_ld_, acc_ld_);
+    }
+  }
+
+  Index accumulator_cols() const { return acc_ld_; }
+  Vec exp2(Vec x) const { return simd::exp2(x); }
+
+  void scores(const float* q_tile, Index rows, Index j0, Index keys, float* s, Index ld) const {
+    const float* panel = packed_k_ + (j0 / key_rows_) * dk_ * panel_ld_;
+    for (Index col = 0; col < keys; col += key_multiple)
+      for (Index r0 = 0; r0 < rows; r0 += R)
+        detail::with_rows<R>(rows - r0, [&](auto height) {
+          detail::score_block<Vec, height, C>(q_tile + r0 * dk_, dk_, panel + col, panel_ld_, s + r0 * ld + col, ld);
+        });
+  }
+
+  void accumulate(const float* p, Index rows, Index ld, Index j0, Index keys, float* acc) const {
+    const float* v_tile = v_.row(j0);
+    const Index vectors = acc_ld_ / W;
+    Index vec = 0;
+    for (; vec + C <= vectors; vec += C) accumulate_columns<C>(p, rows, ld, keys, v_tile, vec * W, acc);
+    for (; vec < vectors; ++vec) accumulate_columns<1>(p, rows, ld, keys, v_tile, vec * W, acc);
+  }
+
+ private:
+  template <int Vectors>
+  void accumulate_columns(const float* p, Index rows, Index ld, Index keys, const float* v_tile, Index col,
+                          float* acc) const {
+    for (Index r0 = 0; r0 < rows; r0 += R)
+      detail::with_rows<R>(rows - r0, [&](auto height) {
+        detail::value_block<Vec, height, Vectors>(p + r0 * ld, ld, keys, v_tile + col, v_.row_stride,
+                                                  acc + r0 * acc_ld_ + col, acc_ld_);
+      });
+  }
+
+  Index dk_, key_rows_, panel_ld_, acc_ld_;
+  MatrixView<const float> v_;
+  float* packed_k_ = nullptr;
+};
+
+/// out = softmax(scale Q K^T + mask) V with the vector microkernels of `Arch` (the build's
+/// best ISA by default; simd::scalar forces the width-1 fallback). Inputs already validated.
+template <class Arch = simd::native>
+void simd_attention(MatrixView<const float> q, MatrixView<const float> k, MatrixView<const float> v,
+                    MatrixView<float> out, double scale, const Options& options) {
+  tiled_attention<SimdTiles<Arch>>(q, k, v, out, scale, options);
+}
+
+}  // namespace sdpa::kernels

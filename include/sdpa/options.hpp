@@ -1,0 +1,77 @@
+// sdpa/options.hpp - everything a call can be told: scale, causal, masks, kernel, blocks, threads.
+#pragma once
+
+#include "views.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <vector>
+
+namespace sdpa {
+
+/// Which implementation runs. Every path computes the same function (DESIGN.md §1); they
+/// differ in speed and memory. `Reference` is always available and is the test oracle.
+enum class Kernel {
+  Auto,       ///< the fastest path for the shape and scalar type (see README, "Kernels")
+  Reference,  ///< materialises the Nq x Nk scores; the oracle and the teaching path
+  Blocked,    ///< portable tiled loop with an online softmax; O((Nq + Nk) d) memory
+  Simd,       ///< the tiled loop with register-blocked vector microkernels (float)
+};
+
+/// Tile sizes of the Blocked and Simd paths. 0 = derive from the cache sizes and the head
+/// dims (kernels/block_config.hpp). Any positive size is correct, which lets tests force
+/// 1, 2, 3, W, W+1 and reach every remainder on tiny inputs.
+struct BlockConfig {
+  Index query_rows = 0;  ///< queries per tile (Bq): the unit of work a thread takes
+  Index key_rows = 0;    ///< keys per tile (Bk): the width of one score tile
+};
+
+/// parallel_for(count, body) must call body(begin, end) over disjoint ranges that together
+/// cover [0, count), from any threads, and return when all calls have returned.
+using ParallelFor = std::function<void(Index count, const std::function<void(Index begin, Index end)>& body)>;
+
+/// An additive bias added to the scaled scores, float or double whatever the inputs are.
+/// Nq x Nk, or 1 x Nk to broadcast over queries. -inf forbids a pair; finite values shift it.
+struct Bias {
+  MatrixView<const float> f32;
+  MatrixView<const double> f64;
+
+  Bias() = default;
+  Bias(MatrixView<const float> v) : f32(v) {}   // NOLINT(google-explicit-constructor)
+  Bias(MatrixView<const double> v) : f64(v) {}  // NOLINT(google-explicit-constructor)
+  template <class Derived, class = std::enable_if_t<
+                               (Eigen::internal::traits<Derived>::Flags & Eigen::DirectAccessBit) != 0>>
+  Bias(const Eigen::DenseBase<Derived>& m)  // NOLINT(google-explicit-constructor)
+      : Bias(MatrixView<const typename Derived::Scalar>(m)) {}
+  template <class Derived, class = std::enable_if_t<
+                               (Eigen::internal::traits<Derived>::Flags & Eigen::DirectAccessBit) != 0>>
+  Bias(Eigen::DenseBase<Derived>&& m) = delete;  // would dangle
+
+  bool empty() const { return f32.empty() && f64.empty(); }
+  Index rows() const { return f32.empty() ? f64.rows : f32.rows; }
+  Index cols() const { return f32.empty() ? f64.cols : f32.cols; }
+  double operator()(Index i, Index j) const { return f32.empty() ? f64(i, j) : double(f32(i, j)); }
+};
+
+/// How one call to attention() behaves. Views inside (mask, bias) do not own their data.
+///
+///     sdpa::Options options;
+///     options.causal = true;              // bottom-right aligned: row i sees keys j <= i + Nk - Nq
+///     options.mask = allowed;             // Eigen bool matrix, true = may attend
+///     Matrix<float> out = sdpa::attention(Q, K, V, options);
+struct Options {
+  std::optional<double> scale;   ///< multiplies Q K^T; default 1/sqrt(d_k); positive and finite
+  bool causal = false;           ///< bottom-right aligned causal mask (DESIGN.md §2)
+  Kernel kernel = Kernel::Auto;  ///< which path runs
+
+  MatrixView<const bool> mask;      ///< true = may attend; Nq x Nk or 1 x Nk; empty = none
+  Bias bias;                        ///< added to the scaled scores; Nq x Nk or 1 x Nk; empty = none
+  std::vector<Index> key_lengths;   ///< padding: query i sees keys j < key_lengths[i]; Nq entries, or 1 for all
+
+  BlockConfig blocks;      ///< tile sizes of the Blocked and Simd paths (0 = automatic)
+  int threads = 0;         ///< 0 = OpenMP's default (or 1 without OpenMP); results never depend on it
+  ParallelFor parallel_for;  ///< use your own thread pool instead of OpenMP; ignores `threads`
+};
+
+}  // namespace sdpa

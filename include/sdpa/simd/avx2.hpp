@@ -1,0 +1,54 @@
+// sdpa/simd/avx2.hpp - 8 floats in a ymm register (AVX2 with FMA).
+#pragma once
+
+#include "arch.hpp"
+
+#if SDPA_HAS_AVX2
+#include <immintrin.h>
+
+namespace sdpa::simd {
+
+template <>
+struct Vec<float, avx2> {
+  static constexpr int width = 8;
+  using Mask = __m256;
+  __m256 v;
+
+  static SDPA_ALWAYS_INLINE Vec load(const float* p) { return {_mm256_loadu_ps(p)}; }
+  static SDPA_ALWAYS_INLINE Vec broadcast(float x) { return {_mm256_set1_ps(x)}; }
+  static SDPA_ALWAYS_INLINE Vec zero() { return {_mm256_setzero_ps()}; }
+  SDPA_ALWAYS_INLINE void store(float* p) const { _mm256_storeu_ps(p, v); }
+};
+using V256 = Vec<float, avx2>;
+
+SDPA_ALWAYS_INLINE V256 operator+(V256 a, V256 b) { return {_mm256_add_ps(a.v, b.v)}; }
+SDPA_ALWAYS_INLINE V256 operator-(V256 a, V256 b) { return {_mm256_sub_ps(a.v, b.v)}; }
+SDPA_ALWAYS_INLINE V256 operator*(V256 a, V256 b) { return {_mm256_mul_ps(a.v, b.v)}; }
+SDPA_ALWAYS_INLINE V256 fma(V256 a, V256 b, V256 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
+// maxps returns its second operand when either is NaN: swap so that NaN in `a` propagates.
+SDPA_ALWAYS_INLINE V256 max(V256 a, V256 b) { return {_mm256_max_ps(b.v, a.v)}; }
+SDPA_ALWAYS_INLINE V256 min(V256 a, V256 b) { return {_mm256_min_ps(b.v, a.v)}; }
+SDPA_ALWAYS_INLINE float reduce_add(V256 a) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+SDPA_ALWAYS_INLINE float reduce_max(V256 a) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+SDPA_ALWAYS_INLINE __m256 less(V256 a, V256 b) { return _mm256_cmp_ps(a.v, b.v, _CMP_LT_OQ); }
+SDPA_ALWAYS_INLINE V256 select(__m256 m, V256 a, V256 b) { return {_mm256_blendv_ps(b.v, a.v, m)}; }
+SDPA_ALWAYS_INLINE V256 round_nearest(V256 a) {
+  return {_mm256_round_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+}
+SDPA_ALWAYS_INLINE V256 pow2_integer(V256 n) {
+  const __m256i biased = _mm256_add_epi32(_mm256_cvtps_epi32(n.v), _mm256_set1_epi32(127));
+  return {_mm256_castsi256_ps(_mm256_slli_epi32(biased, 23))};
+}
+
+}  // namespace sdpa::simd
+#endif

@@ -1,0 +1,44 @@
+// sdpa/simd/avx512.hpp - 16 floats in a zmm register (AVX-512F + DQ).
+#pragma once
+
+#include "arch.hpp"
+
+#if SDPA_HAS_AVX512
+#include <immintrin.h>
+
+namespace sdpa::simd {
+
+template <>
+struct Vec<float, avx512> {
+  static constexpr int width = 16;
+  using Mask = __mmask16;
+  __m512 v;
+
+  static SDPA_ALWAYS_INLINE Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static SDPA_ALWAYS_INLINE Vec broadcast(float x) { return {_mm512_set1_ps(x)}; }
+  static SDPA_ALWAYS_INLINE Vec zero() { return {_mm512_setzero_ps()}; }
+  SDPA_ALWAYS_INLINE void store(float* p) const { _mm512_storeu_ps(p, v); }
+};
+using V512 = Vec<float, avx512>;
+
+SDPA_ALWAYS_INLINE V512 operator+(V512 a, V512 b) { return {_mm512_add_ps(a.v, b.v)}; }
+SDPA_ALWAYS_INLINE V512 operator-(V512 a, V512 b) { return {_mm512_sub_ps(a.v, b.v)}; }
+SDPA_ALWAYS_INLINE V512 operator*(V512 a, V512 b) { return {_mm512_mul_ps(a.v, b.v)}; }
+SDPA_ALWAYS_INLINE V512 fma(V512 a, V512 b, V512 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+// maxps returns its second operand when either is NaN: swap so that NaN in `a` propagates.
+SDPA_ALWAYS_INLINE V512 max(V512 a, V512 b) { return {_mm512_max_ps(b.v, a.v)}; }
+SDPA_ALWAYS_INLINE V512 min(V512 a, V512 b) { return {_mm512_min_ps(b.v, a.v)}; }
+SDPA_ALWAYS_INLINE float reduce_add(V512 a) { return _mm512_reduce_add_ps(a.v); }
+SDPA_ALWAYS_INLINE float reduce_max(V512 a) { return _mm512_reduce_max_ps(a.v); }
+SDPA_ALWAYS_INLINE __mmask16 less(V512 a, V512 b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ); }
+SDPA_ALWAYS_INLINE V512 select(__mmask16 m, V512 a, V512 b) { return {_mm512_mask_blend_ps(m, b.v, a.v)}; }
+SDPA_ALWAYS_INLINE V512 round_nearest(V512 a) {
+  return {_mm512_roundscale_ps(a.v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)};
+}
+SDPA_ALWAYS_INLINE V512 pow2_integer(V512 n) {
+  const __m512i biased = _mm512_add_epi32(_mm512_cvtps_epi32(n.v), _mm512_set1_epi32(127));
+  return {_mm512_castsi512_ps(_mm512_slli_epi32(biased, 23))};
+}
+
+}  // namespace sdpa::simd
+#endif

@@ -1,0 +1,42 @@
+// sdpa/simd/neon.hpp - 4 floats in a 128-bit AArch64 NEON register.
+#pragma once
+
+#include "arch.hpp"
+
+#if SDPA_HAS_NEON
+#include <arm_neon.h>
+
+namespace sdpa::simd {
+
+template <>
+struct Vec<float, neon> {
+  static constexpr int width = 4;
+  using Mask = uint32x4_t;
+  float32x4_t v;
+
+  static SDPA_ALWAYS_INLINE Vec load(const float* p) { return {vld1q_f32(p)}; }
+  static SDPA_ALWAYS_INLINE Vec broadcast(float x) { return {vdupq_n_f32(x)}; }
+  static SDPA_ALWAYS_INLINE Vec zero() { return {vdupq_n_f32(0.0f)}; }
+  SDPA_ALWAYS_INLINE void store(float* p) const { vst1q_f32(p, v); }
+};
+using V128 = Vec<float, neon>;
+
+SDPA_ALWAYS_INLINE V128 operator+(V128 a, V128 b) { return {vaddq_f32(a.v, b.v)}; }
+SDPA_ALWAYS_INLINE V128 operator-(V128 a, V128 b) { return {vsubq_f32(a.v, b.v)}; }
+SDPA_ALWAYS_INLINE V128 operator*(V128 a, V128 b) { return {vmulq_f32(a.v, b.v)}; }
+SDPA_ALWAYS_INLINE V128 fma(V128 a, V128 b, V128 c) { return {vfmaq_f32(c.v, a.v, b.v)}; }
+// NEON's fmax/fmin return NaN when either operand is NaN: a superset of the contract.
+SDPA_ALWAYS_INLINE V128 max(V128 a, V128 b) { return {vmaxq_f32(a.v, b.v)}; }
+SDPA_ALWAYS_INLINE V128 min(V128 a, V128 b) { return {vminq_f32(a.v, b.v)}; }
+SDPA_ALWAYS_INLINE float reduce_add(V128 a) { return vaddvq_f32(a.v); }
+SDPA_ALWAYS_INLINE float reduce_max(V128 a) { return vmaxvq_f32(a.v); }
+SDPA_ALWAYS_INLINE uint32x4_t less(V128 a, V128 b) { return vcltq_f32(a.v, b.v); }
+SDPA_ALWAYS_INLINE V128 select(uint32x4_t m, V128 a, V128 b) { return {vbslq_f32(m, a.v, b.v)}; }
+SDPA_ALWAYS_INLINE V128 round_nearest(V128 a) { return {vrndnq_f32(a.v)}; }
+SDPA_ALWAYS_INLINE V128 pow2_integer(V128 n) {
+  const int32x4_t biased = vaddq_s32(vcvtnq_s32_f32(n.v), vdupq_n_s32(127));
+  return {vreinterpretq_f32_s32(vshlq_n_s32(biased, 23))};
+}
+
+}  // namespace sdpa::simd
+#endif

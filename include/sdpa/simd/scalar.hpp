@@ -1,0 +1,49 @@
+// sdpa/simd/scalar.hpp - the width-1 "vector": always available, any arithmetic type.
+#pragma once
+
+#include "arch.hpp"
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+namespace sdpa::simd {
+
+template <class T>
+struct Vec<T, scalar> {
+  static constexpr int width = 1;
+  using Mask = bool;
+  T v;
+
+  static SDPA_ALWAYS_INLINE Vec load(const T* p) { return {*p}; }
+  static SDPA_ALWAYS_INLINE Vec broadcast(T x) { return {x}; }
+  static SDPA_ALWAYS_INLINE Vec zero() { return {T(0)}; }
+  SDPA_ALWAYS_INLINE void store(T* p) const { *p = v; }
+};
+
+template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> operator+(Vec<T, scalar> a, Vec<T, scalar> b) { return {a.v + b.v}; }
+template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> operator-(Vec<T, scalar> a, Vec<T, scalar> b) { return {a.v - b.v}; }
+template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> operator*(Vec<T, scalar> a, Vec<T, scalar> b) { return {a.v * b.v}; }
+/// a * b + c
+template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> fma(Vec<T, scalar> a, Vec<T, scalar> b, Vec<T, scalar> c) { return {a.v * b.v + c.v}; }
+/// max and min return `a` when either operand is NaN, as x86's maxps(b, a) does: NaN in the
+/// first operand propagates on every ISA.
+template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> max(Vec<T, scalar> a, Vec<T, scalar> b) { return {!(a.v < b.v) ? a.v : b.v}; }
+template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> min(Vec<T, scalar> a, Vec<T, scalar> b) { return {!(a.v > b.v) ? a.v : b.v}; }
+template <class T> SDPA_ALWAYS_INLINE T reduce_add(Vec<T, scalar> a) { return a.v; }
+template <class T> SDPA_ALWAYS_INLINE T reduce_max(Vec<T, scalar> a) { return a.v; }
+template <class T> SDPA_ALWAYS_INLINE bool less(Vec<T, scalar> a, Vec<T, scalar> b) { return a.v < b.v; }
+template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> select(bool m, Vec<T, scalar> a, Vec<T, scalar> b) { return m ? a : b; }
+/// Round to nearest, ties to even (the current rounding mode, which is that by default).
+template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> round_nearest(Vec<T, scalar> a) { return {std::nearbyint(a.v)}; }
+
+/// 2^n for a float n that holds an integer in [-127, 127], built from its exponent bits
+/// (n = -127 gives +0).
+SDPA_ALWAYS_INLINE Vec<float, scalar> pow2_integer(Vec<float, scalar> n) {
+  const std::uint32_t bits = std::uint32_t(std::int32_t(n.v) + 127) << 23;
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return {out};
+}
+
+}  // namespace sdpa::simd
