@@ -7,6 +7,8 @@
 #include "../options.hpp"
 
 #include <cmath>
+#include <cstddef>
+#include <cstdint>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -70,6 +72,27 @@ inline void validate_attention(const char* function, Index nq, Index dq, Index n
   if (options.threads < 0) fail(function, "options.threads is ", options.threads, ": it must be >= 0 (0 = automatic)");
 }
 
+/// True when two views share an element. Views with the same row stride and unit column
+/// stride (column slices of one matrix, such as the heads of a [tokens, heads * d] buffer)
+/// are compared exactly; any other pair conservatively by the address ranges they span.
+template <class A, class B>
+bool overlaps(const MatrixView<A>& a, const MatrixView<B>& b) {
+  if (a.rows == 0 || a.cols == 0 || b.rows == 0 || b.cols == 0) return false;
+  const auto first = [](const auto& v) { return reinterpret_cast<std::uintptr_t>(v.data); };
+  const auto last = [](const auto& v) {
+    return reinterpret_cast<std::uintptr_t>(v.data + (v.rows - 1) * v.row_stride + (v.cols - 1) * v.col_stride);
+  };
+  if (last(a) < first(b) || last(b) < first(a)) return false;
+  const Index stride = a.row_stride;
+  if (sizeof(A) != sizeof(B) || stride != b.row_stride || a.col_stride != 1 || b.col_stride != 1 || stride <= 0)
+    return true;
+  const std::ptrdiff_t bytes = std::ptrdiff_t(first(b) - first(a));
+  if (bytes % std::ptrdiff_t(sizeof(A)) != 0) return true;
+  // Column offset of b's rows within a's row slots: b covers [r, r + b.cols) of each slot.
+  const Index r = ((Index(bytes / std::ptrdiff_t(sizeof(A))) % stride) + stride) % stride;
+  return !(r >= a.cols && r + b.cols <= stride);
+}
+
 /// The output must have the result's shape and must not share memory with an input that
 /// is still being read while it is written.
 template <class T>
@@ -77,20 +100,10 @@ void validate_output(const char* function, const MatrixView<T>& out, Index nq, I
                      std::initializer_list<std::pair<const char*, MatrixView<const T>>> inputs) {
   if (out.rows != nq || out.cols != dv)
     fail(function, "out is ", shape(out.rows, out.cols), " but the result is ", shape(nq, dv), " (Nq x d_v)");
-  const auto span = [](const auto& view) {
-    const auto* first = reinterpret_cast<const char*>(view.data);
-    const Index last = (view.rows - 1) * view.row_stride + (view.cols - 1) * view.col_stride;
-    return std::pair(first, first + (last + 1) * Index(sizeof(T)));
-  };
-  if (out.rows == 0 || out.cols == 0) return;
-  const auto [out_begin, out_end] = span(out);
-  for (const auto& [name, input] : inputs) {
-    if (input.rows == 0 || input.cols == 0) continue;
-    const auto [in_begin, in_end] = span(input);
-    if (in_begin < out_end && out_begin < in_end)
+  for (const auto& [name, input] : inputs)
+    if (overlaps(MatrixView<const T>(out), input))
       fail(function, "out (", shape(out.rows, out.cols), ") overlaps ", name, " (", shape(input.rows, input.cols),
            "): results would overwrite inputs still being read");
-  }
 }
 
 }  // namespace sdpa::detail

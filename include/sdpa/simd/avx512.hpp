@@ -28,8 +28,19 @@ SDPA_ALWAYS_INLINE V512 fma(V512 a, V512 b, V512 c) { return {_mm512_fmadd_ps(a.
 // maxps returns its second operand when either is NaN: swap so that NaN in `a` propagates.
 SDPA_ALWAYS_INLINE V512 max(V512 a, V512 b) { return {_mm512_max_ps(b.v, a.v)}; }
 SDPA_ALWAYS_INLINE V512 min(V512 a, V512 b) { return {_mm512_min_ps(b.v, a.v)}; }
-SDPA_ALWAYS_INLINE float reduce_add(V512 a) { return _mm512_reduce_add_ps(a.v); }
-SDPA_ALWAYS_INLINE float reduce_max(V512 a) { return _mm512_reduce_max_ps(a.v); }
+// Halving trees written out: GCC 12's _mm512_reduce_max_ps trips -Wuninitialized in its own header.
+SDPA_ALWAYS_INLINE float reduce_add(V512 a) {
+  const __m256 half = _mm256_add_ps(_mm512_castps512_ps256(a.v), _mm512_extractf32x8_ps(a.v, 1));
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+SDPA_ALWAYS_INLINE float reduce_max(V512 a) {
+  const __m256 half = _mm256_max_ps(_mm512_castps512_ps256(a.v), _mm512_extractf32x8_ps(a.v, 1));
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_max_ss(s, _mm_movehdup_ps(s)));
+}
 SDPA_ALWAYS_INLINE __mmask16 less(V512 a, V512 b) { return _mm512_cmp_ps_mask(a.v, b.v, _CMP_LT_OQ); }
 SDPA_ALWAYS_INLINE V512 select(__mmask16 m, V512 a, V512 b) { return {_mm512_mask_blend_ps(m, b.v, a.v)}; }
 SDPA_ALWAYS_INLINE V512 round_nearest(V512 a) {

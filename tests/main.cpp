@@ -1,0 +1,30 @@
+// tests/main.cpp - Catch2's runner, with the random seed printed and settable.
+//
+// Every random input in the tests derives from one seed: SDPA_TEST_SEED=<n> reproduces a run,
+// otherwise a fresh seed is drawn and printed first.
+#if __has_include(<catch2/catch_session.hpp>)
+#include <catch2/catch_session.hpp>
+#else
+#define CATCH_CONFIG_RUNNER
+#include <catch2/catch.hpp>
+#endif
+
+#include "support.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+
+int main(int argc, char* argv[]) {
+  std::uint64_t seed;
+  if (const char* text = std::getenv("SDPA_TEST_SEED")) {
+    seed = std::strtoull(text, nullptr, 10);
+  } else {
+    std::random_device device;
+    seed = (std::uint64_t(device()) << 32) | device();
+  }
+  sdpa_test::set_seed(seed);
+  std::printf("sdpa tests: random seed %llu (rerun with SDPA_TEST_SEED=%llu)\n", (unsigned long long)seed,
+              (unsigned long long)seed);
+  return Catch::Session().run(argc, argv);
+}

@@ -1,0 +1,248 @@
+// tests/support.hpp - what every test file shares: seeded inputs, an independent long-double
+// attention, and tolerances derived from a rounding-error analysis.
+//
+// The reference here is written plainly and shares no code with the library (not even its
+// mask logic), so a bug in the library cannot hide in its own oracle.
+#pragma once
+
+#include "catch.hpp"
+
+#include <sdpa/sdpa.hpp>
+
+#include <cmath>
+#include <cstdint>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace sdpa_test {
+
+using sdpa::Index;
+template <class T>
+using Matrix = sdpa::Matrix<T>;
+using Wide = long double;
+
+// ---- seeds -----------------------------------------------------------------------------
+inline std::uint64_t& seed_storage() {
+  static std::uint64_t seed = 0;
+  return seed;
+}
+inline void set_seed(std::uint64_t seed) { seed_storage() = seed; }
+/// A generator for one test: the run's seed mixed with a per-test salt.
+inline std::mt19937_64 rng(std::uint64_t salt) {
+  std::seed_seq seq{std::uint32_t(seed_storage()), std::uint32_t(seed_storage() >> 32), std::uint32_t(salt),
+                    std::uint32_t(salt >> 32)};
+  return std::mt19937_64(seq);
+}
+
+template <class T>
+Matrix<T> random_matrix(Index rows, Index cols, std::mt19937_64& gen, double lo = -1.0, double hi = 1.0) {
+  std::uniform_real_distribution<double> dist(lo, hi);
+  Matrix<T> m(rows, cols);
+  for (Index i = 0; i < m.size(); ++i) m.data()[i] = T(dist(gen));
+  return m;
+}
+
+// ---- masks, described independently of the library -------------------------------------
+struct MaskSpec {
+  bool causal = false;
+  Matrix<bool> allowed;        // empty = none; Nq x Nk or 1 x Nk
+  Matrix<double> bias;         // empty = none; Nq x Nk or 1 x Nk
+  std::vector<Index> lengths;  // empty = none; Nq entries or 1
+
+  bool visible(Index i, Index j, Index nq, Index nk) const {
+    if (causal && j > i + (nk - nq)) return false;  // bottom-right aligned
+    if (!lengths.empty() && j >= lengths[lengths.size() == 1 ? 0 : std::size_t(i)]) return false;
+    if (allowed.size() != 0 && !allowed(allowed.rows() == 1 ? 0 : i, j)) return false;
+    return true;
+  }
+  double bias_at(Index i, Index j) const { return bias.size() == 0 ? 0.0 : bias(bias.rows() == 1 ? 0 : i, j); }
+
+  /// Options that ask the library for the same masks (views into this spec: keep it alive).
+  sdpa::Options options(sdpa::Kernel kernel = sdpa::Kernel::Auto) const {
+    sdpa::Options o;
+    o.kernel = kernel;
+    o.causal = causal;
+    if (allowed.size() != 0) o.mask = allowed;
+    if (bias.size() != 0) o.bias = bias;
+    o.key_lengths = lengths;
+    return o;
+  }
+};
+
+// ---- the independent reference -------------------------------------------------------------
+/// Attention in long double, plus per-row quantities the tolerance needs.
+struct Expected {
+  Matrix<Wide> out, weights;
+  std::vector<Wide> score_magnitude;  // max_j scale * sum_e |q_ie k_je| + |bias_ij| over visible j
+  std::vector<Wide> value_magnitude;  // max_c sum_j p_ij |v_jc|: the size of what row i's output blends
+};
+
+template <class T>
+Expected reference(const Matrix<T>& Q, const Matrix<T>& K, const Matrix<T>& V, double scale, const MaskSpec& mask) {
+  const Index nq = Q.rows(), nk = K.rows(), dk = Q.cols(), dv = V.cols();
+  Expected e;
+  e.out = Matrix<Wide>::Zero(nq, dv);
+  e.weights = Matrix<Wide>::Zero(nq, nk);
+  e.score_magnitude.assign(std::size_t(nq), 0);
+  e.value_magnitude.assign(std::size_t(nq), 0);
+  for (Index i = 0; i < nq; ++i) {
+    std::vector<Wide> s(std::size_t(nk), -std::numeric_limits<Wide>::infinity());
+    Wide row_max = -std::numeric_limits<Wide>::infinity();
+    for (Index j = 0; j < nk; ++j) {
+      if (!mask.visible(i, j, nq, nk)) continue;
+      Wide dot = 0, magnitude = 0;
+      for (Index c = 0; c < dk; ++c) {
+        dot += Wide(Q(i, c)) * Wide(K(j, c));
+        magnitude += std::fabs(Wide(Q(i, c)) * Wide(K(j, c)));
+      }
+      s[j] = Wide(scale) * dot + Wide(mask.bias_at(i, j));
+      e.score_magnitude[i] = std::max(e.score_magnitude[i], Wide(scale) * magnitude + std::fabs(Wide(mask.bias_at(i, j))));
+      if (s[j] > row_max) row_max = s[j];
+    }
+    if (row_max == -std::numeric_limits<Wide>::infinity()) continue;  // fully masked: zeros
+    Wide sum = 0;
+    for (Index j = 0; j < nk; ++j) {
+      const Wide p = s[j] == -std::numeric_limits<Wide>::infinity() ? 0 : std::exp(s[j] - row_max);
+      e.weights(i, j) = p;
+      sum += p;
+    }
+    for (Index j = 0; j < nk; ++j) e.weights(i, j) /= sum;
+    for (Index c = 0; c < dv; ++c) {
+      Wide acc = 0, magnitude = 0;
+      for (Index j = 0; j < nk; ++j) {
+        acc += e.weights(i, j) * Wide(V(j, c));
+        magnitude += e.weights(i, j) * std::fabs(Wide(V(j, c)));
+      }
+      e.out(i, c) = acc;
+      e.value_magnitude[i] = std::max(e.value_magnitude[i], magnitude);
+    }
+  }
+  return e;
+}
+
+// ---- tolerances -----------------------------------------------------------------------------
+/// Higham's gamma_n = n u / (1 - n u), u = eps / 2: the bound on the relative error of a sum or
+/// dot product of n terms in precision T.
+template <class T>
+Wide gamma(Index n) {
+  const Wide u = Wide(std::numeric_limits<T>::epsilon()) / 2;
+  return Wide(n) * u / (1 - Wide(n) * u);
+}
+
+/// Largest error a correct float/double implementation may make on row i's outputs:
+///  * each score s_ij = scale q_i.k_j + b_ij is off by at most
+///      ds = gamma(d_k + 4) * score_magnitude   (d_k-term dot product, the scale, the base-2
+///                                               fold of log2 e, the bias add);
+///  * softmax turns score errors of at most ds into relative weight errors of at most
+///    2 (ds + e_exp), with e_exp = 8 eps the exp's error (tests/test_exp.cpp measures < 3 eps);
+///  * the blend sum_j p_ij v_jc and the normalising sum add gamma(Nk + 2) each, relative to
+///    sum_j p_ij |v_jc|.
+/// The sum of these, times the value magnitude, doubled for the first-order terms dropped.
+/// A wrong mask, a lost key tile or a missed rescale changes outputs by O(0.1) instead.
+template <class T>
+Wide tolerance(const Expected& e, Index i, Index nk, Index dk) {
+  const Wide eps = Wide(std::numeric_limits<T>::epsilon());
+  const Wide ds = gamma<T>(dk + 4) * e.score_magnitude[std::size_t(i)];
+  const Wide relative = 2 * (ds + 8 * eps) + 2 * gamma<T>(nk + 2);
+  return 2 * relative * e.value_magnitude[std::size_t(i)] + std::numeric_limits<T>::min();
+}
+
+/// Checks every element of `got` against the reference within the row's tolerance and
+/// reports the worst element when one is out.
+template <class T>
+void check_attention(const Matrix<T>& got, const Expected& e, Index nk, Index dk, const std::string& what) {
+  REQUIRE(got.rows() == e.out.rows());
+  REQUIRE(got.cols() == e.out.cols());
+  Wide worst_ratio = 0;
+  Index worst_i = 0, worst_c = 0;
+  bool finite = true;
+  for (Index i = 0; i < got.rows(); ++i) {
+    const Wide tol = tolerance<T>(e, i, nk, dk);
+    for (Index c = 0; c < got.cols(); ++c) {
+      if (!std::isfinite(double(got(i, c)))) finite = false;
+      const Wide ratio = std::fabs(Wide(got(i, c)) - e.out(i, c)) / tol;
+      if (!(ratio <= worst_ratio)) {
+        worst_ratio = ratio;
+        worst_i = i;
+        worst_c = c;
+      }
+    }
+  }
+  INFO(what << ": worst element (" << worst_i << ", " << worst_c << ") got "
+            << (got.size() ? double(got(worst_i, worst_c)) : 0.0) << " expected "
+            << (got.size() ? double(e.out(worst_i, worst_c)) : 0.0) << ", error/tolerance = " << double(worst_ratio));
+  CHECK(finite);
+  CHECK(worst_ratio <= 1);
+}
+
+// ---- golden cases (../shared/golden, copied to tests/data) ----------------------------------
+/// One golden file: scalars (`causal 1`, `scale 0.3`, `heads 4`) and named matrices.
+struct Golden {
+  std::map<std::string, double> scalars;
+  std::map<std::string, Matrix<double>> matrices;
+
+  bool has(const std::string& name) const { return matrices.count(name) != 0; }
+  const Matrix<double>& operator[](const std::string& name) const { return matrices.at(name); }
+  double scalar(const std::string& name, double fallback) const {
+    const auto it = scalars.find(name);
+    return it == scalars.end() ? fallback : it->second;
+  }
+};
+
+inline Golden load_golden(const std::string& name) {
+  const std::string path = std::string(SDPA_TEST_DATA_DIR) + "/" + name;
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot open golden file " + path);
+  Golden g;
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    std::istringstream words(line);
+    std::string key;
+    words >> key;
+    if (key == "matrix") {
+      std::string matrix_name;
+      Index rows = 0, cols = 0;
+      words >> matrix_name >> rows >> cols;
+      Matrix<double> m(rows, cols);
+      for (Index i = 0; i < rows; ++i) {
+        std::getline(in, line);
+        std::istringstream values(line);
+        for (Index j = 0; j < cols; ++j) {
+          std::string token;
+          values >> token;
+          m(i, j) = std::stod(token);  // accepts "-inf"
+        }
+      }
+      g.matrices[matrix_name] = m;
+    } else {
+      double value = 0;
+      words >> value;
+      g.scalars[key] = value;
+    }
+  }
+  return g;
+}
+
+inline const std::vector<sdpa::Kernel>& all_kernels() {
+  static const std::vector<sdpa::Kernel> kernels{sdpa::Kernel::Reference, sdpa::Kernel::Blocked, sdpa::Kernel::Simd,
+                                                 sdpa::Kernel::Auto};
+  return kernels;
+}
+
+inline const char* name(sdpa::Kernel kernel) {
+  switch (kernel) {
+    case sdpa::Kernel::Reference: return "Reference";
+    case sdpa::Kernel::Blocked: return "Blocked";
+    case sdpa::Kernel::Simd: return "Simd";
+    case sdpa::Kernel::Auto: return "Auto";
+  }
+  return "?";
+}
+
+}  // namespace sdpa_test
