@@ -115,7 +115,7 @@ class SimdTiles {
   }
 
   Index accumulator_cols() const { return acc_ld_; }
-  Vec exp2(Vec x) const { return simd::exp2(x); }
+  Vec exp2(Vec x) const { return simd::exp2_no_overflow(x); }  // x = s - max <= 0
 
   void scores(const float* q_tile, Index rows, Index j0, Index keys, float* s, Index ld) const {
     const float* panel = packed_k_ + (j0 / key_rows_) * dk_ * panel_ld_;

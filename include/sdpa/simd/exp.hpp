@@ -3,10 +3,10 @@
 // Both reduce to 2^f * 2^n with n an integer and |f| <= 1/2; 2^f comes from Cephes'
 // degree-6 minimax polynomial (exp2f.c) and 2^n from the exponent bits.
 // Behaviour (tests/test_exp.cpp measures it against std::exp2 / std::exp):
-//   * accurate over exp2: x in [-126, 127], exp: x in [-87.3, 88.0] (results >= FLT_MIN);
-//     the measured maximum relative error is stated in the README;
-//   * below that range the result is exactly +0 (as with flush-to-zero), so -inf gives 0:
-//     a masked score contributes nothing, with no special case in the kernels;
+//   * accurate (under 1 eps measured, stated in the README) wherever the result is a normal
+//     float: exp2 on [-126, 127], exp on [-87.3, 88.0];
+//   * below that, tiny results are denormal or +0 (+0 from x <= -126.5 for exp2), so -inf
+//     gives exactly 0: a masked score contributes nothing, with no special case in the kernels;
 //   * above it the result is +inf; NaN in, NaN out.
 #pragma once
 
@@ -17,7 +17,7 @@
 namespace sdpa::simd {
 
 namespace detail {
-/// 2^f * 2^n for |f| <= 1/2 and n integral in [-127, 127].
+/// 2^f * 2^n for |f| <= 1/2 and n integral in [-127, 127]; n = -127 gives exactly 0.
 template <class V>
 SDPA_ALWAYS_INLINE V exp2_reduced(V f, V n) {
   V p = V::broadcast(1.535336188319500e-4f);
@@ -30,21 +30,27 @@ SDPA_ALWAYS_INLINE V exp2_reduced(V f, V n) {
   return p * pow2_integer(n);
 }
 
-/// Results under FLT_MIN become 0 and over FLT_MAX become +inf; NaN passes through
-/// (`less` is false for NaN and max/min keep NaN in their first operand).
+/// +inf where x > highest (where 2^n would need n > 127); NaN stays NaN (`less` is false).
 template <class V>
-SDPA_ALWAYS_INLINE V saturate(V result, V x, float lowest, float highest) {
-  result = select(less(x, V::broadcast(lowest)), V::zero(), result);
+SDPA_ALWAYS_INLINE V overflow_to_inf(V result, V x, float highest) {
   return select(less(V::broadcast(highest), x), V::broadcast(std::numeric_limits<float>::infinity()), result);
 }
 }  // namespace detail
 
-/// 2^x, elementwise.
+/// 2^x for x <= 127, the softmax kernels' case (x = score - running max <= 0). Inputs below
+/// -127 clamp to it, where 2^n's exponent bits are all zero: the result is exactly +0 with no
+/// compare, which makes -inf (a masked score) weigh nothing.
+template <class V>
+SDPA_ALWAYS_INLINE V exp2_no_overflow(V x) {
+  const V clamped = max(x, V::broadcast(-127.0f));  // NaN stays in (max keeps its first operand)
+  const V n = round_nearest(clamped);
+  return detail::exp2_reduced(clamped - n, n);
+}
+
+/// 2^x, elementwise, for any x.
 template <class V>
 SDPA_ALWAYS_INLINE V exp2(V x) {
-  const V clamped = min(max(x, V::broadcast(-127.0f)), V::broadcast(127.0f));
-  const V n = round_nearest(clamped);
-  return detail::saturate(detail::exp2_reduced(clamped - n, n), x, -126.0f, 127.0f);
+  return detail::overflow_to_inf(exp2_no_overflow(min(x, V::broadcast(127.0f))), x, 127.0f);
 }
 
 /// e^x, elementwise. Cody-Waite reduction: x = n ln2 + r with ln2 split in two parts so
@@ -54,12 +60,12 @@ SDPA_ALWAYS_INLINE V exp(V x) {
   constexpr float kLog2e = 1.44269504088896341f;
   constexpr float kLn2Hi = 0.693359375f;  // 9 significant bits: n * kLn2Hi is exact
   constexpr float kLn2Lo = -2.12194440e-4f;
-  constexpr float kLowest = -87.3365447f;   // ln(FLT_MIN)
-  constexpr float kHighest = 88.0296919f;   // 127 ln 2
-  const V clamped = min(max(x, V::broadcast(kLowest - 0.5f)), V::broadcast(kHighest));
+  constexpr float kLowest = -88.0296919f;  // -127 ln 2: n = -127 and below give 0
+  constexpr float kHighest = 88.0296919f;  // 127 ln 2
+  const V clamped = min(max(x, V::broadcast(kLowest)), V::broadcast(kHighest));
   const V n = round_nearest(clamped * V::broadcast(kLog2e));
   const V r = fma(n, V::broadcast(-kLn2Lo), fma(n, V::broadcast(-kLn2Hi), clamped));
-  return detail::saturate(detail::exp2_reduced(r * V::broadcast(kLog2e), n), x, kLowest, kHighest);
+  return detail::overflow_to_inf(detail::exp2_reduced(r * V::broadcast(kLog2e), n), x, kHighest);
 }
 
 }  // namespace sdpa::simd

@@ -1,0 +1,392 @@
+// bench_attention.cpp - attention throughput in GFLOP/s, beside the machine's ceilings.
+//
+// Every figure here is meant to be read as a ratio against a baseline measured in the same
+// run (DESIGN.md §4: the machines are shared and noisy). Registered side by side, per shape:
+//
+//   fma_peak/threads:T                              the fp32 FMA ceiling (independent FMA chains)
+//   sgemm/N:n/d:d/threads:T                         Eigen GEMM, same FLOPs and shape as attention
+//   attention/simd/N:n/d:d/causal:c/threads:T       sdpa, Kernel::Simd
+//   attention/blocked/...                           sdpa, Kernel::Blocked (portable scalar tiles)
+//   attention/reference/...                         sdpa, Kernel::Reference (materialised scores)
+//   attention/eigen_typical/N:n/d:d/causal:0/...    unfused Eigen, fresh temporaries, as people write it
+//   attention/eigen_careful/N:n/d:d/causal:0/...    unfused Eigen, preallocated, in-place softmax
+//
+// One iteration = H = 8 heads. Q, K, V and the output are N x (8 d) row-major matrices (the
+// projected [tokens, heads * d] layout); head h reads and writes the column slice
+// [h d, (h + 1) d) in place, without copying. Nothing is allocated inside the timed loop
+// except by the code under test (the Reference path and eigen_typical allocate by design).
+//
+// FLOPs per iteration: 4 N^2 d H (2 for Q K^T, 2 for P V); causal counts only the unmasked
+// pairs, 4 d H N (N + 1) / 2, so a causal path doing half the work at the same speed shows
+// the same GFLOP/s. All times are wall-clock (UseRealTime: the OpenMP paths run on several
+// threads), which appends "/real_time" to every name.
+//
+//   bench_attention --benchmark_filter='fma_peak|N:2048/d:64/(causal:0/)?threads:1'
+//   bench_attention --benchmark_out=results.json --benchmark_out_format=json
+//   python3 benchmarks/plot.py results.json -o docs/benchmark.svg
+//
+// Timing: benchmark's default --benchmark_min_time (0.5 s) for every size, deliberately not
+// a per-benchmark MinTime(), which would override the flag (--benchmark_min_time=0.05 gives
+// a quick look). The largest shapes take more than 0.5 s per iteration and run 1-2 iterations.
+// A full default run takes about 3 minutes here; add --benchmark_repetitions=5 for medians
+// (plot.py plots the median aggregate when there is one).
+#include <sdpa/config.hpp>
+#include <sdpa/sdpa.hpp>
+#include <sdpa/simd/simd.hpp>
+#include <sdpa/version.hpp>
+
+#include <benchmark/benchmark.h>
+
+#include <Eigen/Core>
+
+#if SDPA_HAS_OPENMP
+#include <omp.h>
+#endif
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+namespace {
+
+using sdpa::Index;
+using RowMatrix = sdpa::Matrix<float>;
+
+constexpr int kHeads = 8;  // a typical small model: 8 heads of d = 64 (d_model 512) or 128 (1024)
+
+// N from one tile's worth (128: parallel overhead and tile remainders dominate) through the
+// sizes where K and V of a head outgrow the 1 MiB L2 (2 N d 4 B: 1 MiB at N = 2048, d = 64)
+// and the N x N score matrix of the unfused versions outgrows the 32 MiB L3 (64 MiB at 4096).
+const std::vector<Index> kSizes = {128, 512, 1024, 2048, 4096};
+// d = 64 and 128: the two head sizes of nearly every published model; 128 doubles the work
+// per score, so the exp/softmax share of the time halves.
+const std::vector<Index> kHeadDims = {64, 128};
+const std::vector<int> kThreads = {1, 2};  // the machine has 2 cores
+
+double attention_flops(Index n, Index d, bool causal) {
+  const double pairs = causal ? double(n) * double(n + 1) / 2.0 : double(n) * double(n);
+  return 4.0 * pairs * double(d) * kHeads;
+}
+
+void set_gflops(benchmark::State& state, double flops_per_iteration) {
+  state.counters["GFLOPS"] =
+      benchmark::Counter(flops_per_iteration, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+
+// ---------------------------------------------------------------------------------------
+// Shared buffers. Touching fresh memory costs 2-12 us per 4 KiB page on these VMs (see
+// bench_memory's control/touch_after_reset), so every buffer is allocated and filled once per
+// shape, outside the timed loops, and reused by all the paths of that shape (they are
+// registered next to each other).
+
+struct Workspace {
+  Index n = -1, d = -1;
+  RowMatrix q, k, v, out;  // (N, H d): head h is columns [h d, (h + 1) d)
+  RowMatrix a, b;          // sgemm operands: (N, H 2d) and (H 2d, N), head h a slice of each
+  RowMatrix nn;            // (N, N): sgemm's C and eigen_careful's score buffer
+
+  static Workspace& get(Index n, Index d) {
+    static Workspace w;
+    if (w.n != n || w.d != d) {
+      w = Workspace{};  // frees the previous shape's buffers first
+      w.n = n;
+      w.d = d;
+      std::srand(1234);
+      w.q = RowMatrix::Random(n, kHeads * d);
+      w.k = RowMatrix::Random(n, kHeads * d);
+      w.v = RowMatrix::Random(n, kHeads * d);
+      w.out = RowMatrix::Zero(n, kHeads * d);
+    }
+    return w;
+  }
+  void need_gemm_operands() {
+    if (a.size() == 0) {
+      a = RowMatrix::Random(n, kHeads * 2 * d);
+      b = RowMatrix::Random(kHeads * 2 * d, n);
+    }
+    need_nn();
+  }
+  void need_nn() {
+    if (nn.size() == 0) nn = RowMatrix::Zero(n, n);
+  }
+};
+
+void set_threads(int threads) {
+  // Eigen's GEMM (sgemm, the eigen_* baselines and the GEMMs inside Kernel::Reference) takes
+  // its thread count from this global, not from sdpa::Options::threads; without it a
+  // "threads:1" Reference run would use every core for its products.
+  Eigen::setNbThreads(threads);
+}
+
+sdpa::Kernel kernel_of(const std::string& path) {
+  if (path == "simd") return sdpa::Kernel::Simd;
+  if (path == "blocked") return sdpa::Kernel::Blocked;
+  return sdpa::Kernel::Reference;
+}
+
+// ---------------------------------------------------------------------------------------
+// sdpa paths
+
+void run_sdpa_heads(Workspace& w, Index heads, const sdpa::Options& options) {
+  const Index d = w.d;
+  for (Index h = 0; h < heads; ++h)
+    sdpa::attention_into(w.q.middleCols(h * d, d), w.k.middleCols(h * d, d), w.v.middleCols(h * d, d),
+                         w.out.middleCols(h * d, d), options);
+}
+
+void BM_sdpa(benchmark::State& state, std::string path, Index n, Index d, bool causal, int threads) {
+  set_threads(threads);
+  Workspace& w = Workspace::get(n, d);
+  sdpa::Options options;
+  options.kernel = kernel_of(path);
+  options.causal = causal;
+  options.threads = threads;
+  // Warm-up on one head, untimed: grows the per-thread scratch of the tiled paths to this
+  // shape, so that the (few) iterations of the big sizes do not pay its first touch.
+  run_sdpa_heads(w, 1, options);
+  for (auto _ : state) {
+    run_sdpa_heads(w, kHeads, options);
+    benchmark::ClobberMemory();
+  }
+  set_gflops(state, attention_flops(n, d, causal));
+}
+
+// ---------------------------------------------------------------------------------------
+// (c) unfused Eigen as typically written: every intermediate is a fresh matrix each call.
+
+void BM_eigen_typical(benchmark::State& state, Index n, Index d, int threads) {
+  set_threads(threads);
+  Workspace& w = Workspace::get(n, d);
+  const float scale = 1.0f / std::sqrt(float(d));
+  for (auto _ : state) {
+    for (Index h = 0; h < kHeads; ++h) {
+      const auto Q = w.q.middleCols(h * d, d);
+      const auto K = w.k.middleCols(h * d, d);
+      const auto V = w.v.middleCols(h * d, d);
+      Eigen::MatrixXf S = (Q * K.transpose()) * scale;
+      Eigen::VectorXf row_max = S.rowwise().maxCoeff();
+      Eigen::MatrixXf E = (S.colwise() - row_max).array().exp();
+      Eigen::VectorXf row_sum = E.rowwise().sum();
+      Eigen::MatrixXf P = E.array().colwise() / row_sum.array();
+      Eigen::MatrixXf O = P * V;
+      w.out.middleCols(h * d, d) = O;
+    }
+    benchmark::ClobberMemory();
+  }
+  set_gflops(state, attention_flops(n, d, false));
+}
+
+// ---------------------------------------------------------------------------------------
+// (d) unfused Eigen written carefully: one preallocated row-major score buffer, .noalias()
+// products straight into it and into the output slice, a stable softmax in place, row by
+// row (rows split over the threads, as the GEMMs are by Eigen).
+
+void softmax_rows_in_place(RowMatrix& s, int threads) {
+  const Index rows = s.rows();
+  (void)threads;
+#if SDPA_HAS_OPENMP
+#pragma omp parallel for schedule(static) num_threads(threads) if (threads > 1)
+#endif
+  for (Index i = 0; i < rows; ++i) {
+    auto row = s.row(i).array();
+    const float row_max = row.maxCoeff();
+    row = (row - row_max).exp();
+    row *= 1.0f / row.sum();
+  }
+}
+
+void BM_eigen_careful(benchmark::State& state, Index n, Index d, int threads) {
+  set_threads(threads);
+  Workspace& w = Workspace::get(n, d);
+  w.need_nn();
+  RowMatrix& S = w.nn;  // (N, N)
+  const float scale = 1.0f / std::sqrt(float(d));
+  for (auto _ : state) {
+    for (Index h = 0; h < kHeads; ++h) {
+      S.noalias() = scale * (w.q.middleCols(h * d, d) * w.k.middleCols(h * d, d).transpose());
+      softmax_rows_in_place(S, threads);
+      w.out.middleCols(h * d, d).noalias() = S * w.v.middleCols(h * d, d);
+    }
+    benchmark::ClobberMemory();
+  }
+  set_gflops(state, attention_flops(n, d, false));
+}
+
+// ---------------------------------------------------------------------------------------
+// (b) the practical ceiling: Eigen sgemm with one head's FLOPs and score shape,
+// C (N, N) = A (N, 2d) B (2d, N), H times per iteration: 2 N^2 (2d) H = 4 N^2 d H FLOPs.
+// With a depth of only 2d, C is written after few FLOPs per element; at N = 4096 it is 64 MiB,
+// larger than L3, and the GEMM slows down: there a fused attention can beat this "ceiling".
+
+void BM_sgemm(benchmark::State& state, Index n, Index d, int threads) {
+  set_threads(threads);
+  Workspace& w = Workspace::get(n, d);
+  w.need_gemm_operands();
+  for (auto _ : state) {
+    for (Index h = 0; h < kHeads; ++h)
+      w.nn.noalias() = w.a.middleCols(h * 2 * d, 2 * d) * w.b.middleRows(h * 2 * d, 2 * d);
+    benchmark::ClobberMemory();
+  }
+  set_gflops(state, attention_flops(n, d, false));
+}
+
+// ---------------------------------------------------------------------------------------
+// (a) the fp32 FMA ceiling: per thread, kChains independent accumulators on the widest
+// vector, each step one FMA per chain. Two FMA pipes x 4-cycle latency need >= 8 FMAs in
+// flight; 16 chains leave room for a 5-6 cycle latency and stay within 32 zmm registers.
+
+using NativeVec = sdpa::simd::Vec<float, sdpa::simd::native>;
+constexpr int kChains = 16;
+constexpr long kSteps = 1L << 16;  // 2^20 vector FMAs per thread per iteration: ~0.12 ms, >> fork/join
+
+NativeVec fma_chains(float multiplier, float addend) {
+  NativeVec acc[kChains];
+  const NativeVec a = NativeVec::broadcast(multiplier), b = NativeVec::broadcast(addend);
+  for (int c = 0; c < kChains; ++c) acc[c] = NativeVec::broadcast(float(c));
+  for (long step = 0; step < kSteps; ++step) {
+#pragma GCC unroll 16
+    for (int c = 0; c < kChains; ++c) acc[c] = fma(acc[c], a, b);  // x <- x a + b: converges, no inf/denormal
+  }
+  NativeVec sum = acc[0];
+  for (int c = 1; c < kChains; ++c) sum = sum + acc[c];
+  return sum;  // not reduce_add(): GCC 12 warns (falsely) inside _mm512_reduce_add_ps here
+}
+
+void BM_fma_peak(benchmark::State& state, int threads) {
+  float multiplier = 0.5f, addend = 0.25f;
+  for (auto _ : state) {
+    // The inputs are opaque to the compiler and the result is consumed: nothing folds away.
+    benchmark::DoNotOptimize(multiplier);
+    benchmark::DoNotOptimize(addend);
+#if SDPA_HAS_OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+    {
+      NativeVec result = fma_chains(multiplier, addend);
+      benchmark::DoNotOptimize(result);
+    }
+  }
+  set_gflops(state, 2.0 * NativeVec::width * double(kChains) * double(kSteps) * threads);
+}
+
+// ---------------------------------------------------------------------------------------
+// The grid. Shapes outer, paths inner, so that the paths of one shape run back to back on
+// the same buffers and in the same machine state.
+//
+// Reference materialises N x N scores per head and softmaxes them with scalar std::exp. It
+// runs at every N, including 4096 (~1 s per iteration at d = 64), where its P is 64 MiB per
+// head: above glibc's largest mmap threshold (32 MiB), so every head maps and first-touches
+// 16384 fresh pages, about a quarter of its time there. That cost is part of what the path is.
+//
+// Blocked is the scalar, portable path, an order of magnitude below Simd (~13 GFLOP/s per
+// core here): 8 heads at N = 4096, d = 128 would take ~5 s per iteration, and its curve is
+// flat in N well before that, so it stops at N = 2048 (the shape quoted side by side).
+constexpr Index kBlockedMaxN = 2048;
+
+void register_all() {
+  for (int threads : kThreads)
+    benchmark::RegisterBenchmark(("fma_peak/threads:" + std::to_string(threads)).c_str(), BM_fma_peak, threads)
+        ->UseRealTime();
+
+  for (Index n : kSizes)
+    for (Index d : kHeadDims)
+      for (int threads : kThreads) {
+        const std::string shape = "N:" + std::to_string(n) + "/d:" + std::to_string(d);
+        const std::string t = "/threads:" + std::to_string(threads);
+        benchmark::RegisterBenchmark(("sgemm/" + shape + t).c_str(), BM_sgemm, n, d, threads)->UseRealTime();
+        for (bool causal : {false, true}) {
+          const std::string tail = shape + "/causal:" + std::to_string(int(causal)) + t;
+          for (const std::string path : {"simd", "blocked", "reference"}) {
+            if (path == "blocked" && n > kBlockedMaxN) continue;
+            benchmark::RegisterBenchmark(("attention/" + path + "/" + tail).c_str(), BM_sdpa, path, n, d, causal,
+                                         threads)
+                ->UseRealTime();
+          }
+          // The unfused baselines compute every pair whatever the mask: causal would only
+          // add a masking pass to the same work, so they are measured non-causal only.
+          if (causal) continue;
+          benchmark::RegisterBenchmark(("attention/eigen_typical/" + tail).c_str(), BM_eigen_typical, n, d, threads)
+              ->UseRealTime();
+          benchmark::RegisterBenchmark(("attention/eigen_careful/" + tail).c_str(), BM_eigen_careful, n, d, threads)
+              ->UseRealTime();
+        }
+      }
+}
+
+// ---------------------------------------------------------------------------------------
+// Context: what sdpa was built for, and a check that every path computes the same thing.
+
+const char* isa_name() {
+#if SDPA_HAS_AVX512
+  return "avx512";
+#elif SDPA_HAS_AVX2
+  return "avx2";
+#elif SDPA_HAS_NEON
+  return "neon";
+#else
+  return "scalar";
+#endif
+}
+
+// Small shape, every path against eigen_careful: a baseline that computed something else
+// would make every ratio meaningless.
+std::string self_check() {
+  const Index n = 128, d = 64;
+  set_threads(1);
+  Workspace& w = Workspace::get(n, d);
+  RowMatrix expected(n, kHeads * d);
+  w.need_nn();
+  const float scale = 1.0f / std::sqrt(float(d));
+  for (Index h = 0; h < kHeads; ++h) {
+    w.nn.noalias() = scale * (w.q.middleCols(h * d, d) * w.k.middleCols(h * d, d).transpose());
+    softmax_rows_in_place(w.nn, 1);
+    expected.middleCols(h * d, d).noalias() = w.nn * w.v.middleCols(h * d, d);
+  }
+  char text[256];
+  double worst = 0;
+  std::string detail;
+  for (const char* path : {"simd", "blocked", "reference"}) {
+    sdpa::Options options;
+    options.kernel = kernel_of(path);
+    options.threads = 1;
+    run_sdpa_heads(w, kHeads, options);
+    const double diff = (w.out - expected).cwiseAbs().maxCoeff();
+    worst = std::max(worst, diff);
+    std::snprintf(text, sizeof text, "%s%s %.1e", detail.empty() ? "" : ", ", path, diff);
+    detail += text;
+  }
+  std::snprintf(text, sizeof text, "%s: max |path - eigen_careful| at N=%d d=%d: ", worst < 1e-4 ? "ok" : "MISMATCH",
+                int(n), int(d));
+  return text + detail;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+
+  benchmark::AddCustomContext("sdpa_version", std::to_string(SDPA_VERSION_MAJOR) + "." +
+                                                  std::to_string(SDPA_VERSION_MINOR) + "." +
+                                                  std::to_string(SDPA_VERSION_PATCH));
+  benchmark::AddCustomContext("sdpa_isa", isa_name());
+  benchmark::AddCustomContext("sdpa_vector_floats", std::to_string(NativeVec::width));
+  benchmark::AddCustomContext("heads_per_iteration", std::to_string(kHeads));
+#if SDPA_HAS_OPENMP
+  benchmark::AddCustomContext("openmp_max_threads", std::to_string(omp_get_max_threads()));
+#else
+  benchmark::AddCustomContext("openmp_max_threads", "none (built without OpenMP)");
+#endif
+  benchmark::AddCustomContext("eigen_version", std::to_string(EIGEN_WORLD_VERSION) + "." +
+                                                   std::to_string(EIGEN_MAJOR_VERSION) + "." +
+                                                   std::to_string(EIGEN_MINOR_VERSION));
+  benchmark::AddCustomContext("self_check", self_check());
+
+  register_all();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}
