@@ -7,11 +7,6 @@
 
 #include <cstdio>
 
-// GCC 12 warns "__Y is used uninitialized" inside its own avx512fintrin.h when _mm512_max_ps
-// is folded over constants (its pass-through operand is deliberately undefined).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#endif
 
 using namespace sdpa_test;
 

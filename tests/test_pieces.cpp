@@ -19,13 +19,13 @@ TEST_CASE("online softmax over tiles equals softmax over the whole row", "[piece
   const Index n = 50;
   const Matrix<double> s = random_matrix<double>(1, n, gen, -20, 20);
   for (const Index tile : {Index(1), Index(3), Index(7), Index(50)}) {
-    sdpa::detail::OnlineSoftmaxRow<double> row;
+    sdpa::detail::OnlineSoftmaxRow<Scalar1> row;
     std::vector<double> scratch;
     double value = 0;  // an accumulator of sum_j p_j * j, rescaled as the kernels do
     for (Index j0 = 0; j0 < n; j0 += tile) {
       const Index count = std::min(tile, n - j0);
       scratch.assign(s.data() + j0, s.data() + j0 + count);
-      const double rescale = row.absorb<Scalar1>(scratch.data(), count, libm_exp2);
+      const double rescale = row.absorb(scratch.data(), count, libm_exp2);
       value *= rescale;
       for (Index c = 0; c < count; ++c) value += scratch[std::size_t(c)] * double(j0 + c);
     }
@@ -41,15 +41,15 @@ TEST_CASE("online softmax over tiles equals softmax over the whole row", "[piece
 }
 
 TEST_CASE("online softmax: a fully masked row stays at zero weight, never NaN", "[pieces]") {
-  sdpa::detail::OnlineSoftmaxRow<double> row;
+  sdpa::detail::OnlineSoftmaxRow<Scalar1> row;
   const double inf = std::numeric_limits<double>::infinity();
   std::vector<double> tile{-inf, -inf, -inf};
-  CHECK(row.absorb<Scalar1>(tile.data(), 3, libm_exp2) == 1.0);
+  CHECK(row.absorb(tile.data(), 3, libm_exp2) == 1.0);
   CHECK(tile == std::vector<double>{0, 0, 0});
   CHECK(row.normaliser() == 0.0);
   // A later visible key starts the row; the rescale of the empty past is harmless (0 * 0).
   std::vector<double> next{-inf, 2.0};
-  CHECK(row.absorb<Scalar1>(next.data(), 2, libm_exp2) == 0.0);
+  CHECK(row.absorb(next.data(), 2, libm_exp2) == 0.0);
   CHECK(next == std::vector<double>{0, 1});
   CHECK(row.normaliser() == 1.0);
 }

@@ -6,53 +6,69 @@
 // so far (l and the row's output accumulator) was scaled for m and is rescaled by
 // 2^(m - m'). At the end the accumulator is divided by l once (FlashAttention-2).
 // Scores here are base 2 (the kernels fold log2(e) into the scale): 2^x is cheaper than e^x.
+//
+// The sum is kept as one partial sum per lane and added across lanes once, at the end.
 #pragma once
 
 #include "../views.hpp"
 
-#include <algorithm>
 #include <limits>
 
 namespace sdpa::detail {
 
-template <class T>
+template <class V>
 struct OnlineSoftmaxRow {
+  using T = typename V::value_type;
   T running_max = -std::numeric_limits<T>::infinity();  // no key seen yet
-  T running_sum = T(0);
+  V shift = V::zero();          // running_max in every lane, or 0 while it is -inf
+  V running_sum = V::zero();    // one partial sum per lane
+
+  /// Step 1 of folding in a tile whose largest score is tile_max: raises the running max and
+  /// returns the shift the tile's weights 2^(s - shift) use; `rescale` receives the factor for
+  /// everything accumulated so far, 2^(old max - new max). Most tiles leave the max where it
+  /// was (rescale 1, no exp). While no visible key has been seen the max is -inf and the
+  /// shift 0: masked scores weigh 2^-inf = 0, where 2^(-inf - -inf) would have been NaN.
+  template <class Exp2>
+  V raise_max(T tile_max, Exp2 exp2, V& rescale) {
+    if (!(tile_max > running_max)) {  // also NaN: its weights come out NaN below
+      rescale = V::broadcast(T(1));
+      return shift;
+    }
+    rescale = exp2(V::broadcast(running_max) - V::broadcast(tile_max));  // 2^-inf = 0 for the first visible tile
+    running_max = tile_max;
+    shift = V::broadcast(tile_max);
+    return shift;
+  }
+
+  /// Step 2: the tile's weights have been computed; add their (per-lane) sum.
+  void add(V tile_sum, V rescale) { running_sum = running_sum * rescale + tile_sum; }
 
   /// Folds one tile of n scores (n a multiple of V::width) into the row: each score becomes
-  /// its unnormalised weight 2^(s - max) in place. Returns the factor by which the row's
-  /// output accumulator must be multiplied. A row with every key masked so far keeps max =
-  /// -inf and gets weights 0 (2^(-inf - -inf) would be NaN).
-  template <class V, class Exp2>
+  /// its unnormalised weight 2^(s - max) in place. Returns the rescale factor of raise_max.
+  template <class Exp2>
   T absorb(T* scores, Index n, Exp2 exp2) {
     V tile_max = V::broadcast(-std::numeric_limits<T>::infinity());
     for (Index j = 0; j < n; j += V::width) tile_max = max(V::load(scores + j), tile_max);
-    const T new_max = std::max(running_max, reduce_max(tile_max));
-    if (new_max == -std::numeric_limits<T>::infinity()) {
-      for (Index j = 0; j < n; j += V::width) V::zero().store(scores + j);
-      return T(1);
-    }
-    const T rescale = new_max == running_max ? T(1) : first(exp2(V::broadcast(running_max - new_max)));
-    running_max = new_max;
-    const V shift = V::broadcast(new_max);
+    V rescale;
+    const V tile_shift = raise_max(reduce_max(tile_max), exp2, rescale);
     V tile_sum = V::zero();
     for (Index j = 0; j < n; j += V::width) {
-      const V weight = exp2(V::load(scores + j) - shift);
+      const V weight = exp2(V::load(scores + j) - tile_shift);
       weight.store(scores + j);
       tile_sum = tile_sum + weight;
     }
-    running_sum = running_sum * rescale + reduce_add(tile_sum);
-    return rescale;
+    add(tile_sum, rescale);
+    return first_lane(rescale);
   }
 
   /// What the accumulated output is multiplied by at the end: 1/l, and 0 for a fully masked
   /// row (DESIGN.md: its output is 0). NaN stays NaN.
-  T normaliser() const { return running_sum == T(0) ? T(0) : T(1) / running_sum; }
+  T normaliser() const {
+    const T sum = reduce_add(running_sum);
+    return sum == T(0) ? T(0) : T(1) / sum;
+  }
 
- private:
-  template <class V>
-  static T first(V v) {
+  static T first_lane(V v) {
     T lanes[V::width];
     v.store(lanes);
     return lanes[0];

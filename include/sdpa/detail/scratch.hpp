@@ -15,7 +15,7 @@
 
 namespace sdpa::detail {
 
-enum class Slot { QueryTile, Scores, Accumulator, RowStats, PackedKeys, PackedValues };
+enum class Slot { QueryTile, Scores, Accumulator, RowStats, Rescale, PackedKeys, PackedValues };
 
 /// At least `count` elements of this thread's buffer for `slot`; contents are unspecified.
 template <class T, Slot slot>

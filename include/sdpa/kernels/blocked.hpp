@@ -37,15 +37,22 @@ class PlainTiles {
       }
   }
 
-  // acc (rows, d_v) += p (rows, keys) V[j0 : j0 + keys]
-  void accumulate(const T* p, Index rows, Index ld, Index j0, Index keys, T* acc) const {
+  // acc (rows, d_v) = rescale * acc + p (rows, keys) V[j0 : j0 + keys]
+  void accumulate(const T* p, Index rows, Index ld, Index j0, Index keys, const T* rescale, T* acc) const {
     const Index dv = v_.cols;
-    for (Index r = 0; r < rows; ++r)
+    for (Index r = 0; r < rows; ++r) {
+      for (Index e = 0; e < dv; ++e) acc[r * dv + e] *= rescale[r];
       for (Index c = 0; c < keys; ++c) {
         const T weight = p[r * ld + c];
         const T* v_row = v_.row(j0 + c);
         for (Index e = 0; e < dv; ++e) acc[r * dv + e] += weight * v_row[e];
       }
+    }
+  }
+
+  // The plain path keeps the steps apart.
+  bool fused_softmax(const T*, Index, Index, Index, T*, Index, sdpa::detail::OnlineSoftmaxRow<Vec>*, T*) const {
+    return false;
   }
 
  private:

@@ -15,6 +15,7 @@
 #include "tiled_loop.hpp"
 
 #include <algorithm>
+#include <limits>
 #include <type_traits>
 
 namespace sdpa::kernels {
@@ -39,31 +40,65 @@ SDPA_ALWAYS_INLINE void with_rows(Index n, F&& f) {
   f(std::integral_constant<int, R>{});
 }
 
-// s (R, C W) = q (R, d_k) kt (d_k, C W): kt is a K^T panel, row stride kt_ld.
+// s (R, C W) = q (R, d_k) kt (d_k, C W), in registers: kt is a K^T panel, row stride kt_ld.
 template <class V, int R, int C>
-SDPA_ALWAYS_INLINE void score_block(const float* q, Index dk, const float* kt, Index kt_ld, float* s, Index s_ld) {
-  V acc[R][C];
+SDPA_ALWAYS_INLINE void score_registers(const float* q, Index dk, const float* kt, Index kt_ld, V (&s)[R][C]) {
   for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) acc[r][c] = V::zero();
+    for (int c = 0; c < C; ++c) s[r][c] = V::zero();
   for (Index e = 0; e < dk; ++e) {
     V key[C];
     for (int c = 0; c < C; ++c) key[c] = V::load(kt + e * kt_ld + c * V::width);
     for (int r = 0; r < R; ++r) {
       const V query = V::broadcast(q[r * dk + e]);
-      for (int c = 0; c < C; ++c) acc[r][c] = fma(query, key[c], acc[r][c]);
+      for (int c = 0; c < C; ++c) s[r][c] = fma(query, key[c], s[r][c]);
     }
   }
+}
+
+// s (R, C W) = q (R, d_k) kt (d_k, C W), stored.
+template <class V, int R, int C>
+SDPA_ALWAYS_INLINE void score_block(const float* q, Index dk, const float* kt, Index kt_ld, float* s, Index s_ld) {
+  V acc[R][C];
+  score_registers<V, R, C>(q, dk, kt, kt_ld, acc);
   for (int r = 0; r < R; ++r)
     for (int c = 0; c < C; ++c) acc[r][c].store(s + r * s_ld + c * V::width);
 }
 
-// acc (R, C W) += p (R, keys) v (keys, C W): v rows at stride v_ld.
+// The scores of R rows against a whole key tile (C W keys), folded into the rows' online
+// softmax while still in registers: stores p = 2^(s - max) and each row's rescale factor.
+// Same operations in the same order as OnlineSoftmaxRow::absorb, so the same results.
 template <class V, int R, int C>
-SDPA_ALWAYS_INLINE void value_block(const float* p, Index p_ld, Index keys, const float* v, Index v_ld, float* acc,
-                                    Index acc_ld) {
+SDPA_ALWAYS_INLINE void score_softmax_block(const float* q, Index dk, const float* kt, Index kt_ld, float* p,
+                                            Index p_ld, sdpa::detail::OnlineSoftmaxRow<V>* states,
+                                            float* rescale) {
+  V s[R][C];
+  score_registers<V, R, C>(q, dk, kt, kt_ld, s);
+  const auto exp2 = [](V x) { return simd::exp2_no_overflow(x); };
+  for (int r = 0; r < R; ++r) {
+    V tile_max = V::broadcast(-std::numeric_limits<float>::infinity());
+    for (int c = 0; c < C; ++c) tile_max = max(s[r][c], tile_max);
+    V row_rescale;
+    const V shift = states[r].raise_max(reduce_max(tile_max), exp2, row_rescale);
+    V tile_sum = V::zero();
+    for (int c = 0; c < C; ++c) {
+      const V weight = exp2(s[r][c] - shift);
+      weight.store(p + r * p_ld + c * V::width);
+      tile_sum = tile_sum + weight;
+    }
+    states[r].add(tile_sum, row_rescale);
+    rescale[r] = states[r].first_lane(row_rescale);
+  }
+}
+
+// acc (R, C W) = rescale * acc + p (R, keys) v (keys, C W): v rows at stride v_ld.
+template <class V, int R, int C>
+SDPA_ALWAYS_INLINE void value_block(const float* p, Index p_ld, Index keys, const float* v, Index v_ld,
+                                    const float* rescale, float* acc, Index acc_ld) {
   V out[R][C];
-  for (int r = 0; r < R; ++r)
-    for (int c = 0; c < C; ++c) out[r][c] = V::load(acc + r * acc_ld + c * V::width);
+  for (int r = 0; r < R; ++r) {
+    const V factor = V::broadcast(rescale[r]);
+    for (int c = 0; c < C; ++c) out[r][c] = V::load(acc + r * acc_ld + c * V::width) * factor;
+  }
   for (Index j = 0; j < keys; ++j) {
     V value[C];
     for (int c = 0; c < C; ++c) value[c] = V::load(v + j * v_ld + c * V::width);
@@ -126,21 +161,36 @@ class SimdTiles {
         });
   }
 
-  void accumulate(const float* p, Index rows, Index ld, Index j0, Index keys, float* acc) const {
+  /// Takes a tile of exactly one microkernel's width (the default tiling on every ISA): S goes
+  /// from the FMAs through max, exp and sum to P without a round trip through memory.
+  bool fused_softmax(const float* q_tile, Index rows, Index j0, Index keys, float* p, Index ld,
+                     sdpa::detail::OnlineSoftmaxRow<Vec>* states, float* rescale) const {
+    if (keys != key_multiple || ld != key_multiple) return false;
+    const float* panel = packed_k_ + (j0 / key_rows_) * dk_ * panel_ld_;
+    for (Index r0 = 0; r0 < rows; r0 += R)
+      detail::with_rows<R>(rows - r0, [&](auto height) {
+        detail::score_softmax_block<Vec, height, C>(q_tile + r0 * dk_, dk_, panel, panel_ld_, p + r0 * ld, ld,
+                                                    states + r0, rescale + r0);
+      });
+    return true;
+  }
+
+  void accumulate(const float* p, Index rows, Index ld, Index j0, Index keys, const float* rescale,
+                  float* acc) const {
     const float* v_tile = v_.row(j0);
     const Index vectors = acc_ld_ / W;
     Index vec = 0;
-    for (; vec + C <= vectors; vec += C) accumulate_columns<C>(p, rows, ld, keys, v_tile, vec * W, acc);
-    for (; vec < vectors; ++vec) accumulate_columns<1>(p, rows, ld, keys, v_tile, vec * W, acc);
+    for (; vec + C <= vectors; vec += C) accumulate_columns<C>(p, rows, ld, keys, v_tile, vec * W, rescale, acc);
+    for (; vec < vectors; ++vec) accumulate_columns<1>(p, rows, ld, keys, v_tile, vec * W, rescale, acc);
   }
 
  private:
   template <int Vectors>
   void accumulate_columns(const float* p, Index rows, Index ld, Index keys, const float* v_tile, Index col,
-                          float* acc) const {
+                          const float* rescale, float* acc) const {
     for (Index r0 = 0; r0 < rows; r0 += R)
       detail::with_rows<R>(rows - r0, [&](auto height) {
-        detail::value_block<Vec, height, Vectors>(p + r0 * ld, ld, keys, v_tile + col, v_.row_stride,
+        detail::value_block<Vec, height, Vectors>(p + r0 * ld, ld, keys, v_tile + col, v_.row_stride, rescale + r0,
                                                   acc + r0 * acc_ld_ + col, acc_ld_);
       });
   }

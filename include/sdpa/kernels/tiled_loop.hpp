@@ -5,8 +5,9 @@
 //     for each tile of Bk keys that some row of the tile may see:
 //       S = Q_tile K_tile^T                  (Micro::scores)
 //       mask S, only if the tile straddles a row's last visible key or masks are elementwise
-//       fold S into each row's online softmax: S becomes P, the accumulator is rescaled
-//       acc += P V_tile                      (Micro::accumulate)
+//       fold S into each row's online softmax: S becomes P
+//       acc = rescale * acc + P V_tile       (Micro::accumulate)
+//     (an unmasked tile may do the first three steps in one pass: Micro::fused_softmax)
 //     epilogue:  out = acc / l (0 for a fully masked row)
 //
 // The two paths differ only in their Micro: how a score tile and a value update are
@@ -29,8 +30,12 @@ namespace sdpa::kernels {
 /// Micro must provide: `using Vec` (the vector type of the softmax step), `key_multiple`
 /// and `row_multiple` (its tile granularity), a constructor Micro(K, V, tiling) that may
 /// pack K and V once for all threads, `accumulator_cols()`, `exp2(Vec)`, and
-///   scores(q_tile, rows, j0, keys, s, ld):    s[r][c] = q_tile[r] . K[j0 + c]  for c < keys
-///   accumulate(p, rows, ld, j0, keys, acc):   acc[r] += sum_c p[r][c] V[j0 + c]
+///   scores(q_tile, rows, j0, keys, s, ld):        s[r][c] = q_tile[r] . K[j0 + c]  for c < keys
+///   accumulate(p, rows, ld, j0, keys, rescale, acc):
+///                                                 acc[r] = rescale[r] acc[r] + sum_c p[r][c] V[j0 + c]
+///   fused_softmax(q_tile, rows, j0, keys, p, ld, states, rescale):
+///       scores and their online-softmax step in one pass over an unmasked tile, returning
+///       false when it cannot take this tile (then scores + absorb run instead).
 template <class Micro, class T>
 void tiled_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out,
                      double scale, const Options& options) {
@@ -52,7 +57,8 @@ void tiled_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<co
     T* q_tile = detail::thread_scratch<T, detail::Slot::QueryTile>(bq * dk);    // (Bq, d_k)
     T* s = detail::thread_scratch<T, detail::Slot::Scores>(bq * score_ld);       // (Bq, Bk padded)
     T* acc = detail::thread_scratch<T, detail::Slot::Accumulator>(bq * acc_ld);  // (Bq, d_v padded)
-    auto* rows = detail::thread_scratch<detail::OnlineSoftmaxRow<T>, detail::Slot::RowStats>(bq);
+    auto* rows = detail::thread_scratch<detail::OnlineSoftmaxRow<V>, detail::Slot::RowStats>(bq);
+    T* rescale = detail::thread_scratch<T, detail::Slot::Rescale>(bq);  // per row, this key tile
 
     for (Index tile = first_tile; tile < end_tile; ++tile) {
       // prologue: this tile's queries, scaled, and a clean softmax state
@@ -69,17 +75,17 @@ void tiled_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<co
 
       for (Index j0 = 0; j0 < keys_end; j0 += tiling.key_rows) {
         const Index n_keys = std::min(tiling.key_rows, nk - j0);
-        micro.scores(q_tile, n_rows, j0, n_keys, s, score_ld);
-        const bool straddles = j0 + n_keys > keys_unmasked;
-        for (Index r = 0; r < n_rows; ++r) {
-          T* s_row = s + r * score_ld;
-          std::fill(s_row + n_keys, s_row + score_ld, -std::numeric_limits<T>::infinity());
-          if (straddles || mask.elementwise()) mask.apply(i0 + r, j0, n_keys, s_row);
-          const T rescale = rows[r].template absorb<V>(s_row, score_ld, [&](V x) { return micro.exp2(x); });
-          if (rescale != T(1))
-            for (Index c = 0; c < acc_ld; ++c) acc[r * acc_ld + c] *= rescale;
+        const bool masked = j0 + n_keys > keys_unmasked || mask.elementwise();
+        if (masked || !micro.fused_softmax(q_tile, n_rows, j0, n_keys, s, score_ld, rows, rescale)) {
+          micro.scores(q_tile, n_rows, j0, n_keys, s, score_ld);
+          for (Index r = 0; r < n_rows; ++r) {
+            T* s_row = s + r * score_ld;
+            std::fill(s_row + n_keys, s_row + score_ld, -std::numeric_limits<T>::infinity());
+            if (masked) mask.apply(i0 + r, j0, n_keys, s_row);
+            rescale[r] = rows[r].absorb(s_row, score_ld, [&](V x) { return micro.exp2(x); });
+          }
         }
-        micro.accumulate(s, n_rows, score_ld, j0, n_keys, acc);
+        micro.accumulate(s, n_rows, score_ld, j0, n_keys, rescale, acc);
       }
 
       // epilogue: normalise once

@@ -10,6 +10,7 @@ namespace sdpa::simd {
 
 template <>
 struct Vec<float, avx2> {
+  using value_type = float;
   static constexpr int width = 8;
   using Mask = __m256;
   __m256 v;

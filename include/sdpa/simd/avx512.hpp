@@ -10,6 +10,7 @@ namespace sdpa::simd {
 
 template <>
 struct Vec<float, avx512> {
+  using value_type = float;
   static constexpr int width = 16;
   using Mask = __mmask16;
   __m512 v;
@@ -28,7 +29,7 @@ SDPA_ALWAYS_INLINE V512 fma(V512 a, V512 b, V512 c) { return {_mm512_fmadd_ps(a.
 // maxps returns its second operand when either is NaN: swap so that NaN in `a` propagates.
 SDPA_ALWAYS_INLINE V512 max(V512 a, V512 b) { return {_mm512_max_ps(b.v, a.v)}; }
 SDPA_ALWAYS_INLINE V512 min(V512 a, V512 b) { return {_mm512_min_ps(b.v, a.v)}; }
-// Halving trees written out: GCC 12's _mm512_reduce_max_ps trips -Wuninitialized in its own header.
+// Halving trees written out: GCC 12 warns (-Wuninitialized) inside its own _mm512_reduce_*_ps.
 SDPA_ALWAYS_INLINE float reduce_add(V512 a) {
   const __m256 half = _mm256_add_ps(_mm512_castps512_ps256(a.v), _mm512_extractf32x8_ps(a.v, 1));
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(half), _mm256_extractf128_ps(half, 1));

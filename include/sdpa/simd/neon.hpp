@@ -10,6 +10,7 @@ namespace sdpa::simd {
 
 template <>
 struct Vec<float, neon> {
+  using value_type = float;
   static constexpr int width = 4;
   using Mask = uint32x4_t;
   float32x4_t v;

@@ -11,6 +11,7 @@ namespace sdpa::simd {
 
 template <class T>
 struct Vec<T, scalar> {
+  using value_type = T;
   static constexpr int width = 1;
   using Mask = bool;
   T v;
