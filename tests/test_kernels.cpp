@@ -99,7 +99,9 @@ TEST_CASE("inputs are read in place and nothing around them is touched", "[kerne
   // Q, K, V and the output are blocks of larger matrices whose other elements are NaN: a read
   // past a row's end would turn the output into NaN; a write past it would show in the frame.
   auto gen = rng(500);
-  const Index nq = 21, nk = 35, dk = 19, dv = 13;
+  for (const Index dv : {Index(13), Index(16), Index(32)}) {  // 16, 32: V is read in place, not padded
+  CAPTURE(dv);
+  const Index nq = 21, nk = 35, dk = 19;
   const double nan = std::numeric_limits<double>::quiet_NaN();
   const Matrix<double> Q = random_matrix<double>(nq, dk, gen), K = random_matrix<double>(nk, dk, gen),
                        V = random_matrix<double>(nk, dv, gen);
@@ -121,6 +123,38 @@ TEST_CASE("inputs are read in place and nothing around them is touched", "[kerne
     Matrix<float> untouched = out;
     untouched.block(1, 2, nq, dv).setConstant(-7.0f);
     CHECK((untouched.array() == -7.0f).all());
+  }
+  }
+}
+
+TEST_CASE("a fully masked row is exactly 0 even when values it cannot see are infinite", "[kernels]") {
+  auto gen = rng(550);
+  const Matrix<float> Q = random_matrix<float>(8, 16, gen), K = random_matrix<float>(70, 16, gen);
+  Matrix<float> V = random_matrix<float>(70, 16, gen);
+  V(3, 5) = std::numeric_limits<float>::infinity();  // seen by no row below
+  MaskSpec mask;
+  mask.lengths = {3, 0, 2, 3, 0, 1, 2, 0};
+  for (const sdpa::Kernel kernel : all_kernels())
+    for (const Index query_rows : {Index(0), Index(1), Index(8)}) {
+      sdpa::Options options = mask.options(kernel);
+      options.blocks.query_rows = query_rows;
+      const Matrix<float> out = sdpa::attention(Q, K, V, options);
+      CAPTURE(name(kernel), query_rows);
+      for (const Index i : {1, 4, 7}) CHECK((out.row(i).array() == 0.0f).all());
+      // (Rows that do see keys may be NaN: 0 * Inf for the masked key 3, as in P V.)
+    }
+}
+
+TEST_CASE("every path's weights sum to 1: attention over all-ones values is 1", "[kernels]") {
+  auto gen = rng(560);
+  const Matrix<double> Q = random_matrix<double>(37, 24, gen, -3, 3), K = random_matrix<double>(53, 24, gen, -3, 3);
+  const Matrix<double> ones = Matrix<double>::Ones(53, 16);
+  for (const bool causal : {false, true}) {
+    MaskSpec mask;
+    mask.causal = causal;
+    mask.lengths = {40};
+    check_all_paths<float>(Q, K, ones, mask);
+    check_all_paths<double>(Q, K, ones, mask);
   }
 }
 
@@ -199,5 +233,33 @@ TEST_CASE("results do not depend on the thread count or the thread pool", "[kern
       options.parallel_for = pool;
       CAPTURE(name(kernel), causal);
       CHECK(sdpa::attention(Q, K, V, options) == serial);
+      options.blocks = {7, 5};  // tiles that straddle the causal diagonal differently
+      options.threads = 1;
+      options.parallel_for = nullptr;
+      const Matrix<float> small_tiles = sdpa::attention(Q, K, V, options);
+      options.threads = 2;
+      CHECK(sdpa::attention(Q, K, V, options) == small_tiles);
     }
+}
+
+TEST_CASE("a second call started on the caller's thread while it waits does not disturb the first", "[kernels][threads]") {
+  // A thread pool that runs queued work while the caller waits (as work-stealing pools do)
+  // can start another attention call on the calling thread in the middle of a parallel_for.
+  auto gen = rng(950);
+  const Matrix<float> Q = random_matrix<float>(40, 16, gen), K = random_matrix<float>(90, 16, gen),
+                      V = random_matrix<float>(90, 16, gen), K2 = random_matrix<float>(90, 16, gen);
+  for (const sdpa::Kernel kernel : all_kernels()) {
+    sdpa::Options plain;
+    plain.kernel = kernel;
+    const Matrix<float> expected = sdpa::attention(Q, K, V, plain), expected2 = sdpa::attention(Q, K2, V, plain);
+    Matrix<float> inner;
+    sdpa::Options nested = plain;
+    nested.parallel_for = [&](Index count, const std::function<void(Index, Index)>& body) {
+      inner = sdpa::attention(Q, K2, V, plain);  // "queued work" run on this thread first
+      body(0, count);
+    };
+    CAPTURE(name(kernel));
+    CHECK(sdpa::attention(Q, K, V, nested) == expected);
+    CHECK(inner == expected2);
+  }
 }

@@ -85,14 +85,17 @@ TEST_CASE("mask policy: key_end combines causal and key lengths; apply masks and
 }
 
 TEST_CASE("tiling: defaults fit the caches, forced sizes are kept", "[pieces]") {
-  const auto t = sdpa::kernels::choose_tiling({}, 4096, 64, 64, 4, 64, 6);
-  CHECK(t.key_rows % 64 == 0);
-  CHECK(t.key_rows * (64 + 64) * 4 <= 32 * 1024);  // K and V tiles in L1
-  CHECK(t.query_rows % 6 == 0);
-  CHECK(t.query_rows * (64 + 64 + t.key_rows) * 4 <= 128 * 1024);
-  const auto small = sdpa::kernels::choose_tiling({}, 10, 64, 64, 4, 64, 6);
+  const auto t = sdpa::kernels::choose_tiling({}, 4096, 4096, 64, 64, 4, 64, 6);
+  CHECK(t.key_rows == 64);                          // one fused microkernel width
+  CHECK(t.key_rows * (64 + 64) * 4 <= 32 * 1024);   // K and V tiles in L1
+  CHECK(t.query_rows == 48);                        // 8 microkernel heights
+  const auto small = sdpa::kernels::choose_tiling({}, 10, 10, 64, 64, 4, 64, 6);
   CHECK(small.query_rows == 6);  // short sequences still split into tiles for the threads
-  const auto forced = sdpa::kernels::choose_tiling({3, 5}, 4096, 64, 64, 4, 64, 6);
+  CHECK(small.key_rows == 10);   // never wider than the keys
+  const auto forced = sdpa::kernels::choose_tiling({3, 5}, 4096, 4096, 64, 64, 4, 64, 6);
   CHECK(forced.query_rows == 3);
   CHECK(forced.key_rows == 5);
+  const auto clamped = sdpa::kernels::choose_tiling({100, 100}, 7, 9, 64, 64, 4, 64, 6);
+  CHECK(clamped.query_rows == 7);
+  CHECK(clamped.key_rows == 9);
 }

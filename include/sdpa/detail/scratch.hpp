@@ -17,12 +17,56 @@ namespace sdpa::detail {
 
 enum class Slot { QueryTile, Scores, Accumulator, RowStats, Rescale, PackedKeys, PackedValues };
 
+template <class T>
+using AlignedVector = std::vector<T, Eigen::aligned_allocator<T>>;
+
 /// At least `count` elements of this thread's buffer for `slot`; contents are unspecified.
+/// For work items that run start to finish on one thread (nothing else runs on that thread
+/// until they return).
 template <class T, Slot slot>
 T* thread_scratch(Index count) {
-  thread_local std::vector<T, Eigen::aligned_allocator<T>> buffer;
+  thread_local AlignedVector<T> buffer;
   if (Index(buffer.size()) < count) buffer.resize(std::size_t(count));
   return buffer.data();
 }
+
+/// A buffer held for a whole call, across a parallel_for: the calling thread's buffer for
+/// `slot` when it is free, or a fresh one when an earlier call on this thread still holds it
+/// (a thread pool that runs queued work while the caller waits can start a second call).
+template <class T, Slot slot>
+class ScratchLease {
+ public:
+  explicit ScratchLease(Index count) {
+    Shared& shared = this_thread();
+    AlignedVector<T>& buffer = shared.busy ? own_ : shared.buffer;
+    if (!shared.busy) {
+      shared.busy = true;
+      held_ = &shared;
+    }
+    if (Index(buffer.size()) < count) buffer.resize(std::size_t(count));
+    data_ = buffer.data();
+  }
+  ~ScratchLease() {
+    if (held_) held_->busy = false;
+  }
+  ScratchLease(const ScratchLease&) = delete;
+  ScratchLease& operator=(const ScratchLease&) = delete;
+
+  T* data() const { return data_; }
+
+ private:
+  struct Shared {
+    AlignedVector<T> buffer;
+    bool busy = false;
+  };
+  static Shared& this_thread() {
+    thread_local Shared shared;
+    return shared;
+  }
+
+  Shared* held_ = nullptr;
+  AlignedVector<T> own_;
+  T* data_ = nullptr;
+};
 
 }  // namespace sdpa::detail

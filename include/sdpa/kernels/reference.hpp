@@ -4,9 +4,13 @@
 //
 // It materialises the whole Nq x Nk score matrix, which is what makes it simple enough to be
 // the oracle the tiled paths are tested against, and the place to read how attention works.
+// Every query row is computed on its own, with the same operations whichever thread runs it:
+// results do not depend on the thread count (a threaded GEMM would change its blocking, and
+// so its rounding, with the number of threads).
 #pragma once
 
 #include "../detail/mask_policy.hpp"
+#include "../detail/parallel.hpp"
 #include "../options.hpp"
 
 #include <Eigen/Core>
@@ -16,60 +20,69 @@
 
 namespace sdpa::kernels {
 
-namespace detail {
+namespace reference_detail {
+/// Row i of a view as an Eigen row vector (no copy).
 template <class T>
-using RowMajor = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-
-/// An Eigen Map of a view with unit column stride (no copy).
-template <class T>
-auto as_eigen(const MatrixView<T>& view) {
-  using Plain = std::conditional_t<std::is_const_v<T>, const RowMajor<std::remove_const_t<T>>, RowMajor<T>>;
-  return Eigen::Map<Plain, Eigen::Unaligned, Eigen::OuterStride<>>(view.data, view.rows, view.cols,
-                                                                   Eigen::OuterStride<>(view.row_stride));
+auto row(const MatrixView<T>& view, Index i) {
+  using Row = Eigen::Matrix<std::remove_const_t<T>, 1, Eigen::Dynamic>;
+  using Mapped = std::conditional_t<std::is_const_v<T>, const Row, Row>;
+  return Eigen::Map<Mapped>(view.row(i), view.cols);
 }
-}  // namespace detail
+constexpr Index kRowsPerTask = 16;  // rows one thread takes at a time
+}  // namespace reference_detail
 
 /// P = softmax(scale Q K^T + mask), row by row; a row with no visible key is all zeros.
 template <class T>
 void reference_weights(MatrixView<const T> q, MatrixView<const T> k, double scale, const Options& options,
                        MatrixView<T> weights) {
+  using reference_detail::row;
   const Index nq = q.rows, nk = k.rows;
-  auto P = detail::as_eigen(weights);
-
-  // pass 1: every query against every key, S = scale Q K^T
-  P.noalias() = T(scale) * (detail::as_eigen(q) * detail::as_eigen(k).transpose());
-
   const sdpa::detail::MaskPolicy<T> mask(options, nq, nk, T(1));
-  for (Index i = 0; i < nq; ++i) {
-    T* s = weights.row(i);
-    // pass 2: masks: forbidden pairs become -inf, the bias is added
-    mask.apply(i, 0, nk, s);
-    // pass 3: the row's max, subtracted so that exp cannot overflow (softmax is shift-invariant)
-    T row_max = -std::numeric_limits<T>::infinity();
-    for (Index j = 0; j < nk; ++j) row_max = std::max(row_max, s[j]);
-    if (row_max == -std::numeric_limits<T>::infinity()) {  // nothing visible: weights 0, output 0
-      std::fill(s, s + nk, T(0));
-      continue;
+  const Index tasks = (nq + reference_detail::kRowsPerTask - 1) / reference_detail::kRowsPerTask;
+  sdpa::detail::parallel_for(tasks, options, [&](Index first, Index end) {
+    for (Index i = first * reference_detail::kRowsPerTask; i < std::min(nq, end * reference_detail::kRowsPerTask); ++i) {
+      T* s = weights.row(i);
+      // pass 1: the query against every key, s_j = scale q_i . k_j
+      for (Index j = 0; j < nk; ++j) s[j] = T(scale) * row(q, i).dot(row(k, j));
+      // pass 2: masks: forbidden pairs become -inf, the bias is added
+      mask.apply(i, 0, nk, s);
+      // pass 3: the row's max, subtracted so that exp cannot overflow (softmax is shift-invariant)
+      T row_max = -std::numeric_limits<T>::infinity();
+      for (Index j = 0; j < nk; ++j) row_max = std::max(row_max, s[j]);
+      if (row_max == -std::numeric_limits<T>::infinity()) {  // nothing visible: weights 0
+        std::fill(s, s + nk, T(0));
+        continue;
+      }
+      // pass 4: exponentiate and sum
+      T sum = T(0);
+      for (Index j = 0; j < nk; ++j) {
+        s[j] = std::exp(s[j] - row_max);
+        sum += s[j];
+      }
+      // pass 5: normalise, so that the row sums to 1
+      for (Index j = 0; j < nk; ++j) s[j] /= sum;
     }
-    // pass 4: exponentiate and sum
-    T sum = T(0);
-    for (Index j = 0; j < nk; ++j) {
-      s[j] = std::exp(s[j] - row_max);
-      sum += s[j];
-    }
-    // pass 5: normalise, so that the row sums to 1
-    for (Index j = 0; j < nk; ++j) s[j] /= sum;
-  }
+  });
 }
 
 /// out = P V with P from reference_weights. Allocates the Nq x Nk matrix P.
 template <class T>
 void reference_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out,
                          double scale, const Options& options) {
-  detail::RowMajor<T> P(q.rows, k.rows);
-  reference_weights(q, k, scale, options, MatrixView<T>(P.data(), P.rows(), P.cols(), P.cols()));
+  using reference_detail::row;
+  Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> P(q.rows, k.rows);
+  const MatrixView<T> weights(P.data(), P.rows(), P.cols(), P.cols());
+  reference_weights(q, k, scale, options, weights);
   // pass 6: each output row is its weights' blend of the value rows
-  detail::as_eigen(out).noalias() = P * detail::as_eigen(v);
+  const Index tasks = (q.rows + reference_detail::kRowsPerTask - 1) / reference_detail::kRowsPerTask;
+  sdpa::detail::parallel_for(tasks, options, [&](Index first, Index end) {
+    for (Index i = first * reference_detail::kRowsPerTask; i < std::min(q.rows, end * reference_detail::kRowsPerTask); ++i) {
+      auto o = row(out, i);
+      o.setZero();
+      if ((P.row(i).array() == T(0)).all()) continue;  // fully masked: exactly 0, even if V holds Inf
+      for (Index j = 0; j < k.rows; ++j) o += P(i, j) * row(v, j);
+    }
+  });
 }
 
 }  // namespace sdpa::kernels

@@ -125,10 +125,12 @@ class SimdTiles {
 
   SimdTiles(MatrixView<const float> k, MatrixView<const float> v, const Tiling& tiling)
       : dk_(k.cols), key_rows_(tiling.key_rows), panel_ld_(round_up(tiling.key_rows, key_multiple)),
-        acc_ld_(round_up(v.cols, W)), v_(v) {
+        acc_ld_(round_up(v.cols, W)), v_(v),
+        packed_keys_(std::max<Index>(1, (k.rows + key_rows_ - 1) / key_rows_ * dk_ * panel_ld_)),
+        packed_values_(acc_ld_ != v.cols ? std::max<Index>(1, v.rows * acc_ld_) : 0) {
     // K^T panels, zero-padded: (tiles, d_k, panel_ld)
     const Index nk = k.rows, tiles = (nk + key_rows_ - 1) / key_rows_;
-    packed_k_ = sdpa::detail::thread_scratch<float, sdpa::detail::Slot::PackedKeys>(std::max<Index>(1, tiles * dk_ * panel_ld_));
+    packed_k_ = packed_keys_.data();
     for (Index t = 0; t < tiles; ++t) {
       float* panel = packed_k_ + t * dk_ * panel_ld_;
       const Index j0 = t * key_rows_, keys = std::min(key_rows_, nk - j0);
@@ -140,7 +142,7 @@ class SimdTiles {
     }
     // V in place when its rows are whole vectors; otherwise a zero-padded copy (Nk, acc_ld).
     if (acc_ld_ != v.cols) {
-      float* packed = sdpa::detail::thread_scratch<float, sdpa::detail::Slot::PackedValues>(std::max<Index>(1, v.rows * acc_ld_));
+      float* packed = packed_values_.data();
       for (Index j = 0; j < v.rows; ++j) {
         std::copy(v.row(j), v.row(j) + v.cols, packed + j * acc_ld_);
         std::fill(packed + j * acc_ld_ + v.cols, packed + (j + 1) * acc_ld_, 0.0f);
@@ -197,6 +199,9 @@ class SimdTiles {
 
   Index dk_, key_rows_, panel_ld_, acc_ld_;
   MatrixView<const float> v_;
+  // Read by every thread for the whole call: leased, not per-thread scratch.
+  sdpa::detail::ScratchLease<float, sdpa::detail::Slot::PackedKeys> packed_keys_;
+  sdpa::detail::ScratchLease<float, sdpa::detail::Slot::PackedValues> packed_values_;
   float* packed_k_ = nullptr;
 };
 

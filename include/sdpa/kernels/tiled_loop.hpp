@@ -43,7 +43,7 @@ void tiled_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<co
   const Index nq = q.rows, nk = k.rows, dk = q.cols, dv = v.cols;
   constexpr T kLog2e = T(1.442695040888963407359924681001892137L);
   const Tiling tiling =
-      choose_tiling(options.blocks, nq, dk, dv, Index(sizeof(T)), Micro::key_multiple, Micro::row_multiple);
+      choose_tiling(options.blocks, nq, nk, dk, dv, Index(sizeof(T)), Micro::key_multiple, Micro::row_multiple);
   const Micro micro(k, v, tiling);
   const detail::MaskPolicy<T> mask(options, nq, nk, kLog2e);
   const T query_scale = T(scale * double(kLog2e));
@@ -92,7 +92,10 @@ void tiled_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<co
       for (Index r = 0; r < n_rows; ++r) {
         const T normaliser = rows[r].normaliser();
         T* out_row = out.row(i0 + r);
-        for (Index c = 0; c < dv; ++c) out_row[c] = acc[r * acc_ld + c] * normaliser;
+        if (normaliser == T(0))  // fully masked: exactly 0, even if a value the tile read holds Inf
+          std::fill(out_row, out_row + dv, T(0));
+        else
+          for (Index c = 0; c < dv; ++c) out_row[c] = acc[r * acc_ld + c] * normaliser;
       }
     }
   });

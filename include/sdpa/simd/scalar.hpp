@@ -41,7 +41,10 @@ template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> round_nearest(Vec<T, scalar
 /// 2^n for a float n that holds an integer in [-127, 127], built from its exponent bits
 /// (n = -127 gives +0).
 SDPA_ALWAYS_INLINE Vec<float, scalar> pow2_integer(Vec<float, scalar> n) {
-  const std::uint32_t bits = std::uint32_t(std::int32_t(n.v) + 127) << 23;
+  // Clamped before the conversion, which would be UB for NaN or huge values (the vector ISAs'
+  // conversions are defined for them). 128 gives +inf; NaN gives 0, and p * 0 stays NaN.
+  const float clamped = n.v >= -127.0f ? (n.v <= 128.0f ? n.v : 128.0f) : -127.0f;
+  const std::uint32_t bits = std::uint32_t(std::int32_t(clamped) + 127) << 23;
   float out;
   std::memcpy(&out, &bits, sizeof out);
   return {out};
