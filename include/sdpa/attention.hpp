@@ -35,8 +35,8 @@ MatrixView<T> view_of(Ref<T>& m) {
   return {m.data(), m.rows(), m.cols(), m.outerStride()};
 }
 
-/// The path that runs: Auto picks Simd for float and Blocked for other types (measured in the
-/// README's benchmark table); Simd has float microkernels only and runs Blocked otherwise.
+/// The path that runs: Auto picks Simd for float and Blocked for other types (README,
+/// "Kernels"); Simd has float microkernels only and runs Blocked otherwise.
 template <class T>
 Kernel resolve_kernel(Kernel requested) {
   if (requested == Kernel::Reference) return Kernel::Reference;
