@@ -128,6 +128,12 @@ TEST_CASE("projections and layers name the weights at fault", "[errors]") {
                   {"sdpa::project", "X is 3x4", "W is 5x2"});
   require_invalid([] { (void)sdpa::project(Matrix<float>::Ones(3, 4), Matrix<float>::Ones(4, 2), sdpa::RowVector<float>::Ones(3)); },
                   {"b is 1x3", "W is 4x2"});
+  Matrix<float> XW = Matrix<float>::Ones(4, 4);
+  require_invalid([&] { sdpa::project_into(XW.leftCols(2), Matrix<float>::Ones(2, 2), {}, XW.middleCols(1, 2)); },
+                  {"sdpa::project_into", "out (4x2) overlaps X or W"});
+  Matrix<float> Y(4, 2);
+  sdpa::project_into(XW.leftCols(2), Matrix<float>::Ones(2, 2), sdpa::RowVector<float>::Ones(2), Y);
+  CHECK((Y.array() == 3.0f).all());
   const Matrix<float> W = Matrix<float>::Ones(8, 8);
   require_invalid([&] { sdpa::SelfAttention<float>(W, W, W, 3); }, {"sdpa::SelfAttention", "Wq is 8x8", "3 heads"});
   require_invalid([&] { sdpa::SelfAttention<float>(W, Matrix<float>::Ones(8, 4), W); }, {"Wk is 8x4"});
@@ -141,6 +147,8 @@ TEST_CASE("projections and layers name the weights at fault", "[errors]") {
   const sdpa::SelfAttention<float> layer(W, W, W, 2);
   require_invalid([&] { (void)layer.forward(Matrix<float>::Ones(5, 7)); }, {"SelfAttention::forward", "X is 5x7"});
   require_invalid([&] { (void)layer.forward(Matrix<float>::Ones(5, 8), Matrix<float>::Ones(3, 6)); }, {"memory is 3x6"});
+  const sdpa::SelfAttention<float> wide_kv(W, Matrix<float>::Ones(6, 8), Matrix<float>::Ones(6, 8), 2);
+  require_invalid([&] { (void)wide_kv.forward(Matrix<float>::Ones(5, 8)); }, {"X is 5x8", "Wk is 6x8"});
   const Matrix<bool> mask = Matrix<bool>::Constant(5, 4, true);
   sdpa::Options options;
   options.mask = mask;

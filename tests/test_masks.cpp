@@ -62,6 +62,20 @@ TEST_CASE("boolean mask: true = may attend, rows with no true give zeros", "[mas
   }
 }
 
+TEST_CASE("a mask can be a block of a larger matrix, even a temporary block expression", "[masks]") {
+  Case c = random_case(5, 12, 8, 4, 25);
+  auto gen = rng(26);
+  const Matrix<bool> big = random_mask(9, 15, gen, 0.6);
+  c.mask.allowed = big.block(2, 1, 5, 12);
+  const Expected expected = reference(c.Q, c.K, c.V, 1.0 / std::sqrt(8.0), c.mask);
+  sdpa::Options options;
+  options.mask = big.block(2, 1, 5, 12);  // strided view of `big`, no copy
+  for (const sdpa::Kernel kernel : all_kernels()) {
+    options.kernel = kernel;
+    check_attention(sdpa::attention(c.Q, c.K, c.V, options), expected, 12, 8, name(kernel));
+  }
+}
+
 TEST_CASE("boolean mask broadcast from 1 x Nk (key padding)", "[masks]") {
   Case c = random_case(19, 40, 8, 8, 30);
   auto gen = rng(31);

@@ -99,3 +99,15 @@ TEST_CASE("tiling: defaults fit the caches, forced sizes are kept", "[pieces]") 
   CHECK(clamped.query_rows == 7);
   CHECK(clamped.key_rows == 9);
 }
+
+TEST_CASE("Auto picks the measured fastest path for the type and shape", "[pieces]") {
+  using sdpa::Kernel;
+  using sdpa::detail::resolve_kernel;
+  CHECK(resolve_kernel<float>(Kernel::Auto, 8, 16) == Kernel::Reference);  // tiny: no setup wins
+  CHECK(resolve_kernel<float>(Kernel::Auto, 16, 16) == Kernel::Simd);
+  CHECK(resolve_kernel<float>(Kernel::Auto, 4096, 4096) == Kernel::Simd);
+  CHECK(resolve_kernel<double>(Kernel::Auto, 1024, 1024) == Kernel::Reference);  // 8 MiB of scores
+  CHECK(resolve_kernel<double>(Kernel::Auto, 2048, 2048) == Kernel::Blocked);     // 32 MiB: keep memory O(N)
+  CHECK(resolve_kernel<double>(Kernel::Simd, 64, 64) == Kernel::Blocked);         // no double microkernels
+  CHECK(resolve_kernel<float>(Kernel::Blocked, 4, 4) == Kernel::Blocked);         // explicit choices stand
+}

@@ -35,13 +35,19 @@ MatrixView<T> view_of(Ref<T>& m) {
   return {m.data(), m.rows(), m.cols(), m.outerStride()};
 }
 
-/// The path that runs: Auto picks Simd for float and Blocked for other types (README,
-/// "Kernels"); Simd has float microkernels only and runs Blocked otherwise.
+/// The path that runs (README, "Kernels"). Auto's choices were measured (1 thread, AVX-512):
+/// float runs Simd, except for tiny problems (Nq Nk <= 128) where the reference's lack of
+/// setup wins; other types run the reference while its Nq x Nk scores take at most 16 MiB
+/// (1.5-2x faster than Blocked for double at d = 64) and Blocked beyond, so that memory stays
+/// O((Nq + Nk) d). Simd has float microkernels only and runs Blocked otherwise.
 template <class T>
-Kernel resolve_kernel(Kernel requested) {
-  if (requested == Kernel::Reference) return Kernel::Reference;
-  if (std::is_same_v<T, float> && (requested == Kernel::Simd || requested == Kernel::Auto)) return Kernel::Simd;
-  return Kernel::Blocked;
+Kernel resolve_kernel(Kernel requested, Index nq, Index nk) {
+  constexpr bool has_microkernels = std::is_same_v<T, float>;
+  if (requested == Kernel::Simd) return has_microkernels ? Kernel::Simd : Kernel::Blocked;
+  if (requested != Kernel::Auto) return requested;
+  if (has_microkernels) return nq * nk <= 128 ? Kernel::Reference : Kernel::Simd;
+  constexpr Index kReferenceScoreBytes = Index(16) << 20;
+  return nq * nk * Index(sizeof(T)) <= kReferenceScoreBytes ? Kernel::Reference : Kernel::Blocked;
 }
 
 /// Validates everything, then runs the chosen kernel. Nothing is written before validation
@@ -52,7 +58,7 @@ void run_attention(const char* function, MatrixView<const T> q, MatrixView<const
   validate_attention(function, q.rows, q.cols, k.rows, k.cols, &v.rows, &v.cols, options);
   validate_output(function, out, q.rows, v.cols, {{"Q", q}, {"K", k}, {"V", v}});
   const double scale = resolve_scale(function, options, q.cols);
-  switch (resolve_kernel<T>(options.kernel)) {
+  switch (resolve_kernel<T>(options.kernel, q.rows, k.rows)) {
     case Kernel::Reference: return kernels::reference_attention(q, k, v, out, scale, options);
     case Kernel::Simd:
       if constexpr (std::is_same_v<T, float>) return kernels::simd_attention(q, k, v, out, scale, options);

@@ -44,9 +44,9 @@ struct Bias {
                                (Eigen::internal::traits<Derived>::Flags & Eigen::DirectAccessBit) != 0>>
   Bias(const Eigen::DenseBase<Derived>& m)  // NOLINT(google-explicit-constructor)
       : Bias(MatrixView<const typename Derived::Scalar>(m)) {}
-  template <class Derived, class = std::enable_if_t<
-                               (Eigen::internal::traits<Derived>::Flags & Eigen::DirectAccessBit) != 0>>
-  Bias(Eigen::DenseBase<Derived>&& m) = delete;  // would dangle
+  template <class Plain, class = std::enable_if_t<!std::is_lvalue_reference_v<Plain> &&
+                                                  std::is_base_of_v<Eigen::PlainObjectBase<Plain>, Plain>>>
+  Bias(Plain&& m) = delete;  // a view of a temporary Matrix would dangle
 
   bool empty() const { return f32.empty() && f64.empty(); }
   Index rows() const { return f32.empty() ? f64.rows : f32.rows; }

@@ -11,22 +11,36 @@ namespace sdpa {
 template <class T>
 using RowVector = Eigen::Matrix<T, 1, Eigen::Dynamic>;
 
-/// Writes X W (+ b, added to every row) into `out`. X: N x d_in, W: d_in x d_out (q_i = x_i W,
-/// as in the literature), b: empty or 1 x d_out, out: N x d_out.
+namespace detail {
 template <class T>
-void project_into(const ConstRef<T>& X, const ConstRef<T>& W, const RowVector<T>& b, Ref<T> out,
-                  const char* function = "project") {
+void project(const ConstRef<T>& X, const ConstRef<T>& W, const RowVector<T>& b, MatrixView<T> out,
+             const char* function) {
   if (X.cols() != W.rows())
-    detail::fail(function, "X is ", detail::shape(X.rows(), X.cols()), " and W is ", detail::shape(W.rows(), W.cols()),
-                 ": X's columns must equal W's rows (d_in)");
+    fail(function, "X is ", shape(X.rows(), X.cols()), " and W is ", shape(W.rows(), W.cols()),
+         ": X's columns must equal W's rows (d_in)");
   if (b.size() != 0 && b.size() != W.cols())
-    detail::fail(function, "b is 1x", b.size(), " and W is ", detail::shape(W.rows(), W.cols()),
-                 ": the bias needs one entry per output column");
-  if (out.rows() != X.rows() || out.cols() != W.cols())
-    detail::fail(function, "out is ", detail::shape(out.rows(), out.cols()), " but X W is ",
-                 detail::shape(X.rows(), W.cols()));
-  out.noalias() = X * W;
-  if (b.size() != 0) out.rowwise() += b;
+    fail(function, "b is 1x", b.size(), " and W is ", shape(W.rows(), W.cols()),
+         ": the bias needs one entry per output column");
+  if (out.rows != X.rows() || out.cols != W.cols())
+    fail(function, "out is ", shape(out.rows, out.cols), " but X W is ", shape(X.rows(), W.cols()));
+  if (overlaps(MatrixView<const T>(out), view_of(X)) || overlaps(MatrixView<const T>(out), view_of(W)))
+    fail(function, "out (", shape(out.rows, out.cols), ") overlaps X or W: the product would overwrite its inputs");
+  auto Y = Eigen::Map<Matrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>(out.data, out.rows, out.cols,
+                                                                        Eigen::OuterStride<>(out.row_stride));
+  Y.noalias() = X * W;
+  if (b.size() != 0) Y.rowwise() += b;
+}
+}  // namespace detail
+
+/// Writes X W (+ b, added to every row) into `out`. X: N x d_in, W: d_in x d_out (q_i = x_i W,
+/// as in the literature), b: empty or 1 x d_out, out: N x d_out (row-major Matrix, Map or
+/// block of one, not overlapping X or W).
+template <class DX, class DW>
+void project_into(const Eigen::MatrixBase<DX>& X, const Eigen::MatrixBase<DW>& W,
+                  const RowVector<typename DX::Scalar>& b, Ref<typename DX::Scalar> out) {
+  using T = typename DX::Scalar;
+  const ConstRef<T> x(X.derived()), w(W.derived());
+  detail::project<T>(x, w, b, detail::view_of(out), "project_into");
 }
 
 /// X W + b as a new matrix (b may be empty: no bias).
@@ -36,7 +50,7 @@ Matrix<typename DX::Scalar> project(const Eigen::MatrixBase<DX>& X, const Eigen:
   using T = typename DX::Scalar;
   const ConstRef<T> x(X.derived()), w(W.derived());
   Matrix<T> out(x.rows(), w.cols());
-  project_into<T>(x, w, b, out);
+  detail::project<T>(x, w, b, MatrixView<T>(out), "project");
   return out;
 }
 

@@ -68,7 +68,7 @@ class SelfAttention {
   template <class DX>
   Matrix<T> forward(const Eigen::MatrixBase<DX>& X, const Options& options = {}) const {
     const ConstRef<T> x(X.derived());
-    return run(x, x, options);
+    return run(x, x, "X", options);
   }
 
   /// Cross-attention: queries from X, keys and values from `memory`.
@@ -76,7 +76,7 @@ class SelfAttention {
   Matrix<T> forward(const Eigen::MatrixBase<DX>& X, const Eigen::MatrixBase<DM>& memory,
                     const Options& options = {}) const {
     const ConstRef<T> x(X.derived()), m(memory.derived());
-    return run(x, m, options);
+    return run(x, m, "memory", options);
   }
 
   Index heads() const { return heads_; }
@@ -86,13 +86,14 @@ class SelfAttention {
   const AttentionWeights<T>& weights() const { return w_; }
 
  private:
-  Matrix<T> run(const ConstRef<T>& x, const ConstRef<T>& source, const Options& options) const {
+  Matrix<T> run(const ConstRef<T>& x, const ConstRef<T>& source, const char* source_name, const Options& options) const {
     if (x.cols() != w_.Wq.rows())
       detail::fail("SelfAttention::forward", "X is ", detail::shape(x.rows(), x.cols()), " but Wq is ",
                    detail::shape(w_.Wq.rows(), w_.Wq.cols()), ": X needs d_model = ", w_.Wq.rows(), " columns");
     if (source.cols() != w_.Wk.rows())
-      detail::fail("SelfAttention::forward", "memory is ", detail::shape(source.rows(), source.cols()),
-                   " but Wk is ", detail::shape(w_.Wk.rows(), w_.Wk.cols()), ": it needs ", w_.Wk.rows(), " columns");
+      detail::fail("SelfAttention::forward", source_name, " is ", detail::shape(source.rows(), source.cols()),
+                   " but Wk is ", detail::shape(w_.Wk.rows(), w_.Wk.cols()), ": keys and values need ", w_.Wk.rows(),
+                   " columns");
     const Index dk = head_dim(), dv = value_head_dim();
     // Per-head shapes and options are checked before any projection is computed.
     detail::validate_attention("SelfAttention::forward", x.rows(), dk, source.rows(), dk, nullptr, nullptr, options);

@@ -41,10 +41,11 @@ struct MatrixView {
     static_assert(std::is_same_v<std::remove_const_t<T>, typename Derived::Scalar>,
                   "sdpa::MatrixView: the view's element type must match the matrix's scalar type");
   }
-  // A view of a temporary would dangle as soon as the statement ends.
-  template <class Derived, class = std::enable_if_t<
-                               (Eigen::internal::traits<Derived>::Flags & Eigen::DirectAccessBit) != 0>>
-  MatrixView(Eigen::DenseBase<Derived>&& m) = delete;
+  // A view of a temporary Matrix would dangle as soon as the statement ends. (A temporary
+  // block of a matrix, M.topRows(n), views M's memory and is fine.)
+  template <class Plain, class = std::enable_if_t<!std::is_lvalue_reference_v<Plain> &&
+                                                  std::is_base_of_v<Eigen::PlainObjectBase<Plain>, Plain>>>
+  MatrixView(Plain&& m) = delete;
 
   /// A view of the same memory that is read-only.
   operator MatrixView<const T>() const { return {data, rows, cols, row_stride, col_stride}; }
