@@ -315,17 +315,6 @@ void register_all() {
 // ---------------------------------------------------------------------------------------
 // Context: what sdpa was built for, and a check that every path computes the same thing.
 
-const char* isa_name() {
-#if SDPA_HAS_AVX512
-  return "avx512";
-#elif SDPA_HAS_AVX2
-  return "avx2";
-#elif SDPA_HAS_NEON
-  return "neon";
-#else
-  return "scalar";
-#endif
-}
 
 // Small shape, every path against eigen_careful: a baseline that computed something else
 // would make every ratio meaningless.
@@ -368,7 +357,7 @@ int main(int argc, char** argv) {
   benchmark::AddCustomContext("sdpa_version", std::to_string(SDPA_VERSION_MAJOR) + "." +
                                                   std::to_string(SDPA_VERSION_MINOR) + "." +
                                                   std::to_string(SDPA_VERSION_PATCH));
-  benchmark::AddCustomContext("sdpa_isa", isa_name());
+  benchmark::AddCustomContext("sdpa_isa", sdpa::simd::native_name);
   benchmark::AddCustomContext("sdpa_vector_floats", std::to_string(NativeVec::width));
   benchmark::AddCustomContext("heads_per_iteration", std::to_string(kHeads));
 #if SDPA_HAS_OPENMP

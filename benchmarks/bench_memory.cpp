@@ -233,24 +233,13 @@ void register_all() {
       }
 }
 
-const char* isa_name() {
-#if SDPA_HAS_AVX512
-  return "avx512";
-#elif SDPA_HAS_AVX2
-  return "avx2";
-#elif SDPA_HAS_NEON
-  return "neon";
-#else
-  return "scalar";
-#endif
-}
 
 }  // namespace
 
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::AddCustomContext("sdpa_isa", isa_name());
+  benchmark::AddCustomContext("sdpa_isa", sdpa::simd::native_name);
   benchmark::AddCustomContext("method", "fork per measurement; VmHWM - VmRSS around one call after clear_refs=5");
   register_all();
   benchmark::RunSpecifiedBenchmarks();

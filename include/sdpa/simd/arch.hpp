@@ -18,14 +18,19 @@ struct avx512 {};
 template <class T, class Arch>
 struct Vec;  // specialised in scalar.hpp, avx2.hpp, avx512.hpp, neon.hpp
 
+// `native`: the ISA of this build's microkernels; `native_name`: the same, for reports.
 #if SDPA_HAS_AVX512
 using native = avx512;
+inline constexpr const char* native_name = "avx512";
 #elif SDPA_HAS_AVX2
 using native = avx2;
+inline constexpr const char* native_name = "avx2";
 #elif SDPA_HAS_NEON
 using native = neon;
+inline constexpr const char* native_name = "neon";
 #else
 using native = scalar;
+inline constexpr const char* native_name = "scalar";
 #endif
 
 }  // namespace sdpa::simd
