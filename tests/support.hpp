@@ -80,6 +80,7 @@ struct Expected {
   Matrix<Wide> out, weights;
   std::vector<Wide> score_magnitude;  // max_j scale * sum_e |q_ie k_je| + |bias_ij| over visible j
   std::vector<Wide> value_magnitude;  // max_c sum_j p_ij |v_jc|: the size of what row i's output blends
+  std::vector<Wide> lse;              // log sum_j exp(s_ij) over visible j; -inf for a fully masked row
 };
 
 template <class T>
@@ -90,6 +91,7 @@ Expected reference(const Matrix<T>& Q, const Matrix<T>& K, const Matrix<T>& V, d
   e.weights = Matrix<Wide>::Zero(nq, nk);
   e.score_magnitude.assign(std::size_t(nq), 0);
   e.value_magnitude.assign(std::size_t(nq), 0);
+  e.lse.assign(std::size_t(nq), -std::numeric_limits<Wide>::infinity());
   for (Index i = 0; i < nq; ++i) {
     std::vector<Wide> s(std::size_t(nk), -std::numeric_limits<Wide>::infinity());
     Wide row_max = -std::numeric_limits<Wide>::infinity();
@@ -112,6 +114,7 @@ Expected reference(const Matrix<T>& Q, const Matrix<T>& K, const Matrix<T>& V, d
       sum += p;
     }
     for (Index j = 0; j < nk; ++j) e.weights(i, j) /= sum;
+    e.lse[i] = row_max + std::log(sum);
     for (Index c = 0; c < dv; ++c) {
       Wide acc = 0, magnitude = 0;
       for (Index j = 0; j < nk; ++j) {

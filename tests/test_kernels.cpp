@@ -200,7 +200,8 @@ TEST_CASE("the scalar fallback of the SIMD path, forced on any machine", "[kerne
       const sdpa::Options options = mask.options();
       Matrix<float> out(23, d + 3);
       sdpa::kernels::simd_attention<sdpa::simd::scalar>(sdpa::MatrixView<const float>(Q), K, V,
-                                                        sdpa::MatrixView<float>(out), scale, options);
+                                                        sdpa::MatrixView<float>(out), scale,
+                                                        sdpa::detail::HeadMasks::of(options), options);
       check_attention(out, reference(Q, K, V, scale, mask), 41, d, "Simd<scalar>");
     }
 }

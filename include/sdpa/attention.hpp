@@ -9,6 +9,8 @@
 
 #include <Eigen/Core>
 
+#include <cmath>
+#include <limits>
 #include <type_traits>
 
 namespace sdpa {
@@ -50,21 +52,27 @@ Kernel resolve_kernel(Kernel requested, Index nq, Index nk) {
   return nq * nk * Index(sizeof(T)) <= kReferenceScoreBytes ? Kernel::Reference : Kernel::Blocked;
 }
 
+/// Runs the chosen kernel on validated inputs, with the masks of this head.
+template <class T>
+void dispatch(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out, T* lse,
+              double scale, const HeadMasks& masks, const Options& options) {
+  switch (resolve_kernel<T>(options.kernel, q.rows, k.rows)) {
+    case Kernel::Reference: return kernels::reference_attention(q, k, v, out, scale, masks, options, lse);
+    case Kernel::Simd:
+      if constexpr (std::is_same_v<T, float>) return kernels::simd_attention(q, k, v, out, scale, masks, options, lse);
+      [[fallthrough]];
+    default: return kernels::blocked_attention(q, k, v, out, scale, masks, options, lse);
+  }
+}
+
 /// Validates everything, then runs the chosen kernel. Nothing is written before validation
-/// has passed. All public entry points (and SelfAttention, head by head) come through here.
+/// has passed. All 2-D entry points (and SelfAttention, head by head) come through here.
 template <class T>
 void run_attention(const char* function, MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v,
-                   MatrixView<T> out, const Options& options) {
+                   MatrixView<T> out, const Options& options, T* lse = nullptr) {
   validate_attention(function, q.rows, q.cols, k.rows, k.cols, &v.rows, &v.cols, options);
   validate_output(function, out, q.rows, v.cols, {{"Q", q}, {"K", k}, {"V", v}});
-  const double scale = resolve_scale(function, options, q.cols);
-  switch (resolve_kernel<T>(options.kernel, q.rows, k.rows)) {
-    case Kernel::Reference: return kernels::reference_attention(q, k, v, out, scale, options);
-    case Kernel::Simd:
-      if constexpr (std::is_same_v<T, float>) return kernels::simd_attention(q, k, v, out, scale, options);
-      [[fallthrough]];
-    default: return kernels::blocked_attention(q, k, v, out, scale, options);
-  }
+  dispatch(q, k, v, out, lse, resolve_scale(function, options, q.cols), HeadMasks::of(options), options);
 }
 
 }  // namespace detail
@@ -84,6 +92,73 @@ void attention_into(const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>&
   const ConstRef<T> q(Q.derived()), k(K.derived()), v(V.derived());
   detail::run_attention<T>("attention_into", detail::view_of(q), detail::view_of(k), detail::view_of(v),
                            detail::view_of(out), options);
+}
+
+template <class T>
+using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+
+/// attention_into that also writes each query row's log-sum-exp, lse_i = log sum_j
+/// exp(scale q_i . k_j + bias_ij) over the keys row i may see (-inf for a fully masked row):
+/// the statistic that merges partial results (merge_attention) and reproduces any row's
+/// weights without the others (attention_weights_from_lse).
+template <class DQ, class DK, class DV>
+void attention_into(const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>& K, const Eigen::MatrixBase<DV>& V,
+                    Ref<typename DQ::Scalar> out, Eigen::Ref<Vector<typename DQ::Scalar>> lse,
+                    const Options& options = {}) {
+  using T = typename DQ::Scalar;
+  static_assert(std::is_same_v<T, typename DK::Scalar> && std::is_same_v<T, typename DV::Scalar>,
+                "sdpa::attention: Q, K and V must have the same scalar type");
+  const ConstRef<T> q(Q.derived()), k(K.derived()), v(V.derived());
+  if (lse.size() != q.rows())
+    detail::fail("attention_into", "lse has ", lse.size(), " entries but Q is ", detail::shape(q.rows(), q.cols()),
+                 ": it needs one per query row");
+  detail::run_attention<T>("attention_into", detail::view_of(q), detail::view_of(k), detail::view_of(v),
+                           detail::view_of(out), options, lse.data());
+}
+
+/// Combines two attention results over disjoint key sets of the same queries into the result
+/// over their union, exactly (up to rounding), in place in (out, lse):
+///     o = (e^(lse - m) o + e^(lse_b - m) o_b) / (e^(lse - m) + e^(lse_b - m)),  m = max(lse, lse_b)
+/// This is how a long context sharded across threads, processes or machines is put back
+/// together: each shard runs attention_into with an LSE, then the partials are merged.
+template <class T>
+void merge_attention(Ref<T> out, Eigen::Ref<Vector<T>> lse, const ConstRef<T>& out_b,
+                     const Eigen::Ref<const Vector<T>>& lse_b) {
+  if (out_b.rows() != out.rows() || out_b.cols() != out.cols() || lse.size() != out.rows() ||
+      lse_b.size() != out.rows())
+    detail::fail("merge_attention", "out is ", detail::shape(out.rows(), out.cols()), " with ", lse.size(),
+                 " LSEs and out_b is ", detail::shape(out_b.rows(), out_b.cols()), " with ", lse_b.size(),
+                 ": both parts need the same shape and one LSE per row");
+  kernels::merge_partial(detail::view_of(out), lse.data(), detail::view_of(out_b), lse_b.data());
+}
+
+/// Rows [first_row, first_row + lse.size()) of the attention weights, from the LSEs that
+/// attention_into returned: P_ij = exp(scale q_i . k_j + bias_ij - lse_i), 0 where masked.
+/// One pass over the keys and no Nq x Nk matrix: the weights of any query, on demand.
+/// Q and K are the whole inputs of the original call (causal alignment needs every row).
+template <class DQ, class DK>
+Matrix<typename DQ::Scalar> attention_weights_from_lse(const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>& K,
+                                                       const Eigen::Ref<const Vector<typename DQ::Scalar>>& lse,
+                                                       Index first_row, const Options& options = {}) {
+  using T = typename DQ::Scalar;
+  const ConstRef<T> q(Q.derived()), k(K.derived());
+  const char* fn = "attention_weights_from_lse";
+  detail::validate_attention(fn, q.rows(), q.cols(), k.rows(), k.cols(), nullptr, nullptr, options);
+  if (first_row < 0 || first_row + lse.size() > q.rows())
+    detail::fail(fn, "rows [", first_row, ", ", first_row + lse.size(), ") are not all rows of Q (",
+                 detail::shape(q.rows(), q.cols()), ")");
+  const double scale = detail::resolve_scale(fn, options, q.cols());
+  const detail::MaskPolicy<T> mask(options, q.rows(), k.rows(), T(1));
+  Matrix<T> weights(lse.size(), k.rows());
+  for (Index r = 0; r < lse.size(); ++r) {
+    const Index i = first_row + r;
+    T* p = weights.row(r).data();
+    for (Index j = 0; j < k.rows(); ++j) p[j] = T(scale) * q.row(i).dot(k.row(j));
+    mask.apply(i, 0, k.rows(), p);
+    for (Index j = 0; j < k.rows(); ++j) p[j] = std::exp(p[j] - lse(r));  // exp(-inf - x) = 0
+    if (lse(r) == -std::numeric_limits<T>::infinity()) weights.row(r).setZero();
+  }
+  return weights;
 }
 
 /// O = softmax(scale Q K^T + mask) V. Q: Nq x d_k, K: Nk x d_k, V: Nk x d_v; returns Nq x d_v.
@@ -116,7 +191,7 @@ Matrix<typename DQ::Scalar> attention_weights(const Eigen::MatrixBase<DQ>& Q, co
   detail::validate_attention("attention_weights", q.rows(), q.cols(), k.rows(), k.cols(), nullptr, nullptr, options);
   const double scale = detail::resolve_scale("attention_weights", options, q.cols());
   Matrix<T> weights(q.rows(), k.rows());
-  kernels::reference_weights(detail::view_of(q), detail::view_of(k), scale, options,
+  kernels::reference_weights(detail::view_of(q), detail::view_of(k), scale, detail::HeadMasks::of(options), options,
                              MatrixView<T>(weights.data(), weights.rows(), weights.cols(), weights.cols()));
   return weights;
 }

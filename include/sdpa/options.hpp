@@ -52,6 +52,13 @@ struct Bias {
   Index rows() const { return f32.empty() ? f64.rows : f32.rows; }
   Index cols() const { return f32.empty() ? f64.cols : f32.cols; }
   double operator()(Index i, Index j) const { return f32.empty() ? f64(i, j) : double(f32(i, j)); }
+  /// Columns [first, first + count) (keys of one piece of a split call).
+  Bias middle_cols(Index first, Index count) const {
+    Bias b;
+    if (!f32.empty()) b.f32 = f32.middle_cols(first, count);
+    if (!f64.empty()) b.f64 = f64.middle_cols(first, count);
+    return b;
+  }
 };
 
 /// How one call to attention() behaves. Views inside (mask, bias) do not own their data.

@@ -13,48 +13,63 @@
 
 namespace sdpa::detail {
 
+/// The masks of one head, as views: what Options says for a 2-D call, or one piece of a
+/// larger call (a (batch, head) slice of batched masks, a key range of a split decode).
+struct HeadMasks {
+  bool causal = false;
+  const Index* lengths = nullptr;  // key lengths: `length_count` entries, or 1 for every row
+  Index length_count = 0;
+  MatrixView<const bool> mask;  // Nq x Nk, or 1 x Nk to broadcast
+  Bias bias;
+
+  static HeadMasks of(const Options& options) {
+    return {options.causal, options.key_lengths.data(), Index(options.key_lengths.size()), options.mask,
+            options.bias};
+  }
+};
+
 template <class T>
 class MaskPolicy {
  public:
   /// `bias_factor` multiplies the bias: 1 for natural-base scores, log2(e) for base-2 ones.
+  MaskPolicy(const HeadMasks& masks, Index nq, Index nk, T bias_factor)
+      : nq_(nq), nk_(nk), masks_(masks), bias_factor_(bias_factor) {}
   MaskPolicy(const Options& options, Index nq, Index nk, T bias_factor)
-      : nq_(nq), nk_(nk), causal_(options.causal), lengths_(options.key_lengths), mask_(options.mask),
-        bias_(options.bias), bias_factor_(bias_factor) {}
+      : MaskPolicy(HeadMasks::of(options), nq, nk, bias_factor) {}
 
   /// Keys [0, key_end(i)) may be visible to row i; keys from key_end(i) on never are.
   /// Causal is bottom-right aligned: row i sees key j iff j <= i + (Nk - Nq).
   Index key_end(Index i) const {
     Index end = nk_;
-    if (causal_) end = std::clamp<Index>(i + (nk_ - nq_) + 1, 0, nk_);
-    if (!lengths_.empty()) end = std::min(end, lengths_[lengths_.size() == 1 ? 0 : std::size_t(i)]);
+    if (masks_.causal) end = std::clamp<Index>(i + (nk_ - nq_) + 1, 0, nk_);
+    if (masks_.length_count > 0) end = std::min(end, masks_.lengths[masks_.length_count == 1 ? 0 : i]);
     return end;
   }
 
   /// True when some score must be looked at one by one (a boolean mask or a bias).
-  bool elementwise() const { return !mask_.empty() || !bias_.empty(); }
+  bool elementwise() const { return !masks_.mask.empty() || !masks_.bias.empty(); }
 
   /// Scores of row i for keys [j0, j0 + n): masked ones become -inf, the bias is added.
   void apply(Index i, Index j0, Index n, T* scores) const {
     constexpr T kMinusInf = -std::numeric_limits<T>::infinity();
     const Index visible = std::clamp<Index>(key_end(i) - j0, 0, n);
     std::fill(scores + visible, scores + n, kMinusInf);
-    if (!mask_.empty()) {
-      const Index mi = mask_.rows == 1 ? 0 : i;  // a 1 x Nk mask broadcasts over queries
+    const auto& mask = masks_.mask;
+    if (!mask.empty()) {
+      const Index mi = mask.rows == 1 ? 0 : i;  // a 1 x Nk mask broadcasts over queries
       for (Index c = 0; c < visible; ++c)
-        if (!mask_(mi, j0 + c)) scores[c] = kMinusInf;
+        if (!mask(mi, j0 + c)) scores[c] = kMinusInf;
     }
-    if (!bias_.empty()) {
-      const Index bi = bias_.rows() == 1 ? 0 : i;
-      for (Index c = 0; c < visible; ++c) scores[c] += bias_factor_ * T(bias_(bi, j0 + c));
+    const Bias& bias = masks_.bias;
+    if (!bias.empty()) {
+      const Index bi = bias.rows() == 1 ? 0 : i;
+      for (Index c = 0; c < visible; ++c) scores[c] += bias_factor_ * T(bias(bi, j0 + c));
     }
   }
 
  private:
   Index nq_, nk_;
-  bool causal_;
-  const std::vector<Index>& lengths_;
-  MatrixView<const bool> mask_;
-  const Bias& bias_;
+  HeadMasks masks_;
   T bias_factor_;
 };
 

@@ -12,6 +12,7 @@
 
 #include "../views.hpp"
 
+#include <cmath>
 #include <limits>
 
 namespace sdpa::detail {
@@ -66,6 +67,13 @@ struct OnlineSoftmaxRow {
   T normaliser() const {
     const T sum = reduce_add(running_sum);
     return sum == T(0) ? T(0) : T(1) / sum;
+  }
+
+  /// log2 of the sum of 2^s over the row's visible scores (-inf when there are none): with
+  /// base-2 scores s = log2(e) x, this is log2(e) times the natural log-sum-exp of x.
+  T log2_sum() const {
+    const T sum = reduce_add(running_sum);
+    return sum == T(0) ? -std::numeric_limits<T>::infinity() : running_max + std::log2(sum);
   }
 
   static T first_lane(V v) {

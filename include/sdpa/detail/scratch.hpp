@@ -15,7 +15,7 @@
 
 namespace sdpa::detail {
 
-enum class Slot { QueryTile, Scores, Accumulator, RowStats, Rescale, PackedKeys, PackedValues };
+enum class Slot { QueryTile, Scores, Accumulator, RowStats, Rescale, Packed, ChunkPacked, Partials };
 
 template <class T>
 using AlignedVector = std::vector<T, Eigen::aligned_allocator<T>>;

@@ -19,7 +19,8 @@ class PlainTiles {
   static constexpr Index key_multiple = 1;
   static constexpr Index row_multiple = 1;
 
-  PlainTiles(MatrixView<const T> k, MatrixView<const T> v, const Tiling&) : k_(k), v_(v) {}
+  static Index packed_size(MatrixView<const T>, MatrixView<const T>, const Tiling&) { return 0; }
+  PlainTiles(MatrixView<const T> k, MatrixView<const T> v, const Tiling&, T*) : k_(k), v_(v) {}
 
   Index accumulator_cols() const { return v_.cols; }
   Vec exp2(Vec x) const { return {std::exp2(x.v)}; }
@@ -62,8 +63,8 @@ class PlainTiles {
 /// out = softmax(scale Q K^T + mask) V, tiled; inputs already validated.
 template <class T>
 void blocked_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out,
-                       double scale, const Options& options) {
-  tiled_attention<PlainTiles<T>>(q, k, v, out, scale, options);
+                       double scale, const sdpa::detail::HeadMasks& masks, const Options& options, T* lse = nullptr) {
+  tiled_attention<PlainTiles<T>>(q, k, v, out, lse, scale, masks, options);
 }
 
 }  // namespace sdpa::kernels

@@ -32,12 +32,13 @@ constexpr Index kRowsPerTask = 16;  // rows one thread takes at a time
 }  // namespace reference_detail
 
 /// P = softmax(scale Q K^T + mask), row by row; a row with no visible key is all zeros.
+/// `lse`, when not null, receives each row's log-sum-exp of its masked scores (-inf if none).
 template <class T>
-void reference_weights(MatrixView<const T> q, MatrixView<const T> k, double scale, const Options& options,
-                       MatrixView<T> weights) {
+void reference_weights(MatrixView<const T> q, MatrixView<const T> k, double scale, const sdpa::detail::HeadMasks& masks,
+                       const Options& options, MatrixView<T> weights, T* lse = nullptr) {
   using reference_detail::row;
   const Index nq = q.rows, nk = k.rows;
-  const sdpa::detail::MaskPolicy<T> mask(options, nq, nk, T(1));
+  const sdpa::detail::MaskPolicy<T> mask(masks, nq, nk, T(1));
   const Index tasks = (nq + reference_detail::kRowsPerTask - 1) / reference_detail::kRowsPerTask;
   sdpa::detail::parallel_for(tasks, options, [&](Index first, Index end) {
     for (Index i = first * reference_detail::kRowsPerTask; i < std::min(nq, end * reference_detail::kRowsPerTask); ++i) {
@@ -51,6 +52,7 @@ void reference_weights(MatrixView<const T> q, MatrixView<const T> k, double scal
       for (Index j = 0; j < nk; ++j) row_max = std::max(row_max, s[j]);
       if (row_max == -std::numeric_limits<T>::infinity()) {  // nothing visible: weights 0
         std::fill(s, s + nk, T(0));
+        if (lse) lse[i] = row_max;
         continue;
       }
       // pass 4: exponentiate and sum
@@ -61,6 +63,7 @@ void reference_weights(MatrixView<const T> q, MatrixView<const T> k, double scal
       }
       // pass 5: normalise, so that the row sums to 1
       for (Index j = 0; j < nk; ++j) s[j] /= sum;
+      if (lse) lse[i] = row_max + std::log(sum);
     }
   });
 }
@@ -68,11 +71,11 @@ void reference_weights(MatrixView<const T> q, MatrixView<const T> k, double scal
 /// out = P V with P from reference_weights. Allocates the Nq x Nk matrix P.
 template <class T>
 void reference_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out,
-                         double scale, const Options& options) {
+                         double scale, const sdpa::detail::HeadMasks& masks, const Options& options, T* lse = nullptr) {
   using reference_detail::row;
   Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> P(q.rows, k.rows);
   const MatrixView<T> weights(P.data(), P.rows(), P.cols(), P.cols());
-  reference_weights(q, k, scale, options, weights);
+  reference_weights(q, k, scale, masks, options, weights, lse);
   // pass 6: each output row is its weights' blend of the value rows
   const Index tasks = (q.rows + reference_detail::kRowsPerTask - 1) / reference_detail::kRowsPerTask;
   sdpa::detail::parallel_for(tasks, options, [&](Index first, Index end) {

@@ -123,14 +123,20 @@ class SimdTiles {
   static constexpr Index key_multiple = C * W;  // one score microkernel spans a whole padded key tile row
   static constexpr Index row_multiple = R;
 
-  SimdTiles(MatrixView<const float> k, MatrixView<const float> v, const Tiling& tiling)
+  /// Floats of packing buffer the constructor needs: K^T panels (tiles, d_k, padded Bk), and
+  /// a zero-padded copy of V when d_v is not a multiple of W.
+  static Index packed_size(MatrixView<const float> k, MatrixView<const float> v, const Tiling& tiling) {
+    const Index tiles = (k.rows + tiling.key_rows - 1) / tiling.key_rows;
+    const Index acc_ld = round_up(v.cols, W);
+    return tiles * k.cols * round_up(tiling.key_rows, key_multiple) + (acc_ld != v.cols ? v.rows * acc_ld : 0);
+  }
+
+  /// Packs K (and V when needed) into `packed` (packed_size floats), which must outlive this.
+  SimdTiles(MatrixView<const float> k, MatrixView<const float> v, const Tiling& tiling, float* packed)
       : dk_(k.cols), key_rows_(tiling.key_rows), panel_ld_(round_up(tiling.key_rows, key_multiple)),
-        acc_ld_(round_up(v.cols, W)), v_(v),
-        packed_keys_(std::max<Index>(1, (k.rows + key_rows_ - 1) / key_rows_ * dk_ * panel_ld_)),
-        packed_values_(acc_ld_ != v.cols ? std::max<Index>(1, v.rows * acc_ld_) : 0) {
+        acc_ld_(round_up(v.cols, W)), v_(v), packed_k_(packed) {
     // K^T panels, zero-padded: (tiles, d_k, panel_ld)
     const Index nk = k.rows, tiles = (nk + key_rows_ - 1) / key_rows_;
-    packed_k_ = packed_keys_.data();
     for (Index t = 0; t < tiles; ++t) {
       float* panel = packed_k_ + t * dk_ * panel_ld_;
       const Index j0 = t * key_rows_, keys = std::min(key_rows_, nk - j0);
@@ -142,12 +148,12 @@ class SimdTiles {
     }
     // V in place when its rows are whole vectors; otherwise a zero-padded copy (Nk, acc_ld).
     if (acc_ld_ != v.cols) {
-      float* packed = packed_values_.data();
+      float* values = packed + tiles * dk_ * panel_ld_;
       for (Index j = 0; j < v.rows; ++j) {
-        std::copy(v.row(j), v.row(j) + v.cols, packed + j * acc_ld_);
-        std::fill(packed + j * acc_ld_ + v.cols, packed + (j + 1) * acc_ld_, 0.0f);
+        std::copy(v.row(j), v.row(j) + v.cols, values + j * acc_ld_);
+        std::fill(values + j * acc_ld_ + v.cols, values + (j + 1) * acc_ld_, 0.0f);
       }
-      v_ = MatrixView<const float>(packed, v.rows, acc_ld_, acc_ld_);
+      v_ = MatrixView<const float>(values, v.rows, acc_ld_, acc_ld_);
     }
   }
 
@@ -200,18 +206,16 @@ class SimdTiles {
 
   Index dk_, key_rows_, panel_ld_, acc_ld_;
   MatrixView<const float> v_;
-  // Read by every thread for the whole call: leased, not per-thread scratch.
-  sdpa::detail::ScratchLease<float, sdpa::detail::Slot::PackedKeys> packed_keys_;
-  sdpa::detail::ScratchLease<float, sdpa::detail::Slot::PackedValues> packed_values_;
-  float* packed_k_ = nullptr;
+  float* packed_k_;
 };
 
 /// out = softmax(scale Q K^T + mask) V with the vector microkernels of `Arch` (the build's
 /// best ISA by default; simd::scalar forces the width-1 fallback). Inputs already validated.
 template <class Arch = simd::native>
 void simd_attention(MatrixView<const float> q, MatrixView<const float> k, MatrixView<const float> v,
-                    MatrixView<float> out, double scale, const Options& options) {
-  tiled_attention<SimdTiles<Arch>>(q, k, v, out, scale, options);
+                    MatrixView<float> out, double scale, const sdpa::detail::HeadMasks& masks, const Options& options,
+                    float* lse = nullptr) {
+  tiled_attention<SimdTiles<Arch>>(q, k, v, out, lse, scale, masks, options);
 }
 
 }  // namespace sdpa::kernels

@@ -1,0 +1,142 @@
+// Log-sum-exp outputs, merging partial results over disjoint key sets, the split-key decode
+// path (one query against many keys), and weights reproduced from the LSE.
+#include "catch.hpp"
+#include "support.hpp"
+
+using namespace sdpa_test;
+
+namespace {
+
+template <class T>
+using Vector = sdpa::Vector<T>;
+
+/// |lse - expected| may be the score error (gamma(d_k + 4) x magnitude) plus the sum's
+/// relative error (gamma(Nk + 4) and the exp's 8 eps), doubled.
+template <class T>
+void check_lse(const Vector<T>& lse, const Expected& e, Index nk, Index dk, const char* what) {
+  for (Index i = 0; i < lse.size(); ++i) {
+    CAPTURE(what, i);
+    if (e.lse[i] == -std::numeric_limits<Wide>::infinity()) {
+      CHECK(lse(i) == -std::numeric_limits<T>::infinity());
+      continue;
+    }
+    const Wide eps = std::numeric_limits<T>::epsilon();
+    const Wide tol = 2 * (gamma<T>(dk + 4) * e.score_magnitude[i] + gamma<T>(nk + 4) + 8 * eps +
+                          eps * std::fabs(e.lse[i]));
+    CHECK(std::fabs(Wide(lse(i)) - e.lse[i]) <= tol);
+  }
+}
+
+template <class T>
+MaskSpec some_masks(Index nq, Index nk, std::mt19937_64& gen, int kind) {
+  MaskSpec mask;
+  if (kind == 1) mask.causal = true;
+  if (kind == 2) {
+    mask.lengths.assign(std::size_t(nq), 0);
+    for (Index i = 0; i < nq; ++i) mask.lengths[std::size_t(i)] = (nk * (i + 1)) / (nq + 1);
+  }
+  if (kind == 3) {
+    std::bernoulli_distribution coin(0.7);
+    mask.allowed = Matrix<bool>(1, nk);
+    for (Index j = 0; j < nk; ++j) mask.allowed(0, j) = coin(gen);
+    mask.bias = random_matrix<double>(1, nk, gen, -2, 2);
+  }
+  return mask;
+}
+
+}  // namespace
+
+TEST_CASE("every path returns each row's log-sum-exp", "[lse]") {
+  auto gen = rng(1);
+  for (const int kind : {0, 1, 2, 3}) {
+    const Matrix<float> Q = random_matrix<float>(23, 16, gen, -2, 2), K = random_matrix<float>(70, 16, gen, -2, 2),
+                        V = random_matrix<float>(70, 8, gen);
+    const MaskSpec mask = some_masks<float>(23, 70, gen, kind);
+    const Expected e = reference(Q, K, V, 0.25, mask);
+    for (const sdpa::Kernel kernel : all_kernels()) {
+      Matrix<float> out(23, 8);
+      Vector<float> lse(23);
+      sdpa::attention_into(Q, K, V, out, lse, mask.options(kernel));
+      check_attention(out, e, 70, 16, name(kernel));
+      check_lse(lse, e, 70, 16, name(kernel));
+    }
+  }
+}
+
+TEST_CASE("decoding: one query against thousands of keys (split across threads) matches the reference", "[lse]") {
+  auto gen = rng(2);
+  for (const Index nk : {Index(1023), Index(1024), Index(3001), Index(8192)})
+    for (const Index nq : {Index(1), Index(3)})
+      for (const int kind : {0, 1, 2, 3}) {
+        const Matrix<float> Q = random_matrix<float>(nq, 64, gen, -2, 2), K = random_matrix<float>(nk, 64, gen, -2, 2),
+                            V = random_matrix<float>(nk, 64, gen);
+        const MaskSpec mask = some_masks<float>(nq, nk, gen, kind);
+        const Expected e = reference(Q, K, V, 0.125, mask);
+        for (const sdpa::Kernel kernel : {sdpa::Kernel::Blocked, sdpa::Kernel::Simd}) {
+          CAPTURE(nk, nq, kind);
+          Matrix<float> out(nq, 64);
+          Vector<float> lse(nq);
+          sdpa::Options options = mask.options(kernel);
+          options.threads = 1;
+          sdpa::attention_into(Q, K, V, out, lse, options);
+          check_attention(out, e, nk, 64, name(kernel));
+          check_lse(lse, e, nk, 64, name(kernel));
+          for (const int threads : {2, 3}) {  // the split depends on Nk, not on the threads
+            options.threads = threads;
+            Matrix<float> again(nq, 64);
+            Vector<float> lse_again(nq);
+            sdpa::attention_into(Q, K, V, again, lse_again, options);
+            CHECK(again == out);
+            CHECK(lse_again == lse);
+          }
+        }
+      }
+}
+
+TEST_CASE("merging partials over any split of the keys gives attention over the union", "[lse]") {
+  auto gen = rng(3);
+  const Index nq = 9, nk = 97, d = 12;
+  const Matrix<double> Q = random_matrix<double>(nq, d, gen, -2, 2), K = random_matrix<double>(nk, d, gen, -2, 2),
+                       V = random_matrix<double>(nk, d, gen);
+  for (const sdpa::Kernel kernel : all_kernels())
+    for (const std::vector<Index>& cuts : {std::vector<Index>{50}, {1, 96}, {30, 31, 80}, {0, 97}}) {
+      // shards [0, c0), [c0, c1), ..., [c_last, nk): attention_into each, merge in any order
+      std::vector<Index> edges{0};
+      edges.insert(edges.end(), cuts.begin(), cuts.end());
+      edges.push_back(nk);
+      Matrix<double> out = Matrix<double>::Zero(nq, d);
+      Vector<double> lse = Vector<double>::Constant(nq, -std::numeric_limits<double>::infinity());
+      sdpa::Options options;
+      options.kernel = kernel;
+      options.scale = 0.3;  // each shard must use the full call's scale, not 1/sqrt of anything else
+      for (std::size_t s = edges.size() - 1; s-- > 0;) {
+        const Index first = edges[s], count = edges[s + 1] - first;
+        Matrix<double> part(nq, d);
+        Vector<double> part_lse(nq);
+        sdpa::attention_into(Q, K.middleRows(first, count), V.middleRows(first, count), part, part_lse, options);
+        sdpa::merge_attention<double>(out, lse, part, part_lse);
+      }
+      MaskSpec none;
+      const Expected e = reference(Q, K, V, 0.3, none);
+      CAPTURE(name(kernel), cuts.size());
+      check_attention(out, e, nk, d, name(kernel));
+      check_lse(lse, e, nk, d, name(kernel));
+    }
+}
+
+TEST_CASE("weights of any rows, reproduced from their LSE, equal attention_weights", "[lse]") {
+  auto gen = rng(4);
+  for (const int kind : {0, 1, 2, 3}) {
+    const Matrix<double> Q = random_matrix<double>(17, 8, gen, -2, 2), K = random_matrix<double>(29, 8, gen, -2, 2),
+                         V = random_matrix<double>(29, 4, gen);
+    const MaskSpec mask = some_masks<double>(17, 29, gen, kind);
+    const sdpa::Options options = mask.options(sdpa::Kernel::Simd);
+    Matrix<double> out(17, 4);
+    Vector<double> lse(17);
+    sdpa::attention_into(Q, K, V, out, lse, options);
+    const Matrix<double> all = sdpa::attention_weights(Q, K, options);
+    const Matrix<double> some = sdpa::attention_weights_from_lse(Q, K, Vector<double>(lse.segment(5, 7)), 5, options);
+    CAPTURE(kind);
+    CHECK((some - all.middleRows(5, 7)).cwiseAbs().maxCoeff() <= 1e-13);
+  }
+}
