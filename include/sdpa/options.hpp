@@ -76,6 +76,11 @@ struct Options {
   Bias bias;                        ///< added to the scaled scores; Nq x Nk or 1 x Nk; empty = none
   std::vector<Index> key_lengths;   ///< padding: query i sees keys j < key_lengths[i]; Nq entries, or 1 for all
 
+  // Batched calls (sdpa::attention on TensorViews) also take these; sizes of 1 broadcast:
+  TensorView<const bool> batch_mask;     ///< [B or 1, H or 1, Nq or 1, Nk]; true = may attend
+  TensorView<const float> batch_bias;    ///< [B or 1, H or 1, Nq or 1, Nk]; added to the scaled scores
+  std::vector<Index> sequence_lengths;   ///< per batch item: keys j < length are real, the rest padding
+
   BlockConfig blocks;      ///< tile sizes of the Blocked and Simd paths (0 = automatic)
   int threads = 0;         ///< 0 = OpenMP's default (or 1 without OpenMP); results never depend on it
   ParallelFor parallel_for;  ///< use your own thread pool instead of OpenMP; ignores `threads`

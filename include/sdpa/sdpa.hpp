@@ -5,6 +5,7 @@
 #pragma once
 
 #include "attention.hpp"
+#include "batched.hpp"
 #include "options.hpp"
 #include "projection.hpp"
 #include "self_attention.hpp"

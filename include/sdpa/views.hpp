@@ -64,4 +64,49 @@ struct MatrixView {
   }
 };
 
+/// A batch of multi-head sequences in someone else's memory, seen as [batch, heads, tokens,
+/// features] whatever the memory order: element (b, h, n, f) is at
+/// data[b * batch_stride + h * head_stride + n * token_stride + f]. Features are contiguous;
+/// the other strides say the layout, so [B, H, N, d], [B, N, H, d] and the Q, K, V parts of a
+/// fused [B, N, 3, H, d] buffer are all read in place. A stride of 0 repeats (broadcasts).
+template <class T>
+struct TensorView {
+  T* data = nullptr;
+  Index batch = 0, heads = 0, tokens = 0, features = 0;
+  Index batch_stride = 0, head_stride = 0, token_stride = 0;
+
+  /// [batch, heads, tokens, features], contiguous (PyTorch's default for attention).
+  static TensorView bhnd(T* data, Index batch, Index heads, Index tokens, Index features) {
+    return {data, batch, heads, tokens, features, heads * tokens * features, tokens * features, features};
+  }
+  /// [batch, tokens, heads, features], contiguous (what a projection of [B, N, d_model] gives).
+  static TensorView bnhd(T* data, Index batch, Index tokens, Index heads, Index features) {
+    return {data, batch, heads, tokens, features, tokens * heads * features, features, heads * features};
+  }
+
+  operator TensorView<const T>() const {  // NOLINT(google-explicit-constructor)
+    return {data, batch, heads, tokens, features, batch_stride, head_stride, token_stride};
+  }
+  bool empty() const { return data == nullptr; }
+  /// One head of one sequence: tokens x features.
+  MatrixView<T> head(Index b, Index h) const {
+    return {data + b * batch_stride + h * head_stride, tokens, features, token_stride};
+  }
+};
+
+/// Q, K and V inside one fused projection buffer laid out [batch, tokens, 3, heads, features].
+template <class T>
+struct FusedQKV {
+  TensorView<T> q, k, v;
+
+  FusedQKV(T* data, Index batch, Index tokens, Index heads, Index features) {
+    const Index token_stride = 3 * heads * features, batch_stride = tokens * token_stride;
+    q = {data, batch, heads, tokens, features, batch_stride, features, token_stride};
+    k = q;
+    k.data = data + heads * features;
+    v = q;
+    v.data = data + 2 * heads * features;
+  }
+};
+
 }  // namespace sdpa

@@ -21,6 +21,7 @@ class PlainTiles {
 
   static Index packed_size(MatrixView<const T>, MatrixView<const T>, const Tiling&) { return 0; }
   PlainTiles(MatrixView<const T> k, MatrixView<const T> v, const Tiling&, T*) : k_(k), v_(v) {}
+  void pack(MatrixView<const T>, MatrixView<const T>) const {}  // reads K and V in place
 
   Index accumulator_cols() const { return v_.cols; }
   Vec exp2(Vec x) const { return {std::exp2(x.v)}; }

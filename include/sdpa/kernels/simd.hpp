@@ -131,10 +131,19 @@ class SimdTiles {
     return tiles * k.cols * round_up(tiling.key_rows, key_multiple) + (acc_ld != v.cols ? v.rows * acc_ld : 0);
   }
 
-  /// Packs K (and V when needed) into `packed` (packed_size floats), which must outlive this.
+  /// Lays out K^T panels (and a padded V when needed) in `packed` (packed_size floats, which
+  /// must outlive this); pack() fills them.
   SimdTiles(MatrixView<const float> k, MatrixView<const float> v, const Tiling& tiling, float* packed)
       : dk_(k.cols), key_rows_(tiling.key_rows), panel_ld_(round_up(tiling.key_rows, key_multiple)),
         acc_ld_(round_up(v.cols, W)), v_(v), packed_k_(packed) {
+    if (acc_ld_ != v.cols) {  // V is read from a zero-padded copy (Nk, acc_ld) after the panels
+      const Index tiles = (k.rows + key_rows_ - 1) / key_rows_;
+      v_ = MatrixView<const float>(packed + tiles * dk_ * panel_ld_, v.rows, acc_ld_, acc_ld_);
+    }
+  }
+
+  /// Copies K (and V when padded) into the packed layout: once per call, before any tile.
+  void pack(MatrixView<const float> k, MatrixView<const float> v) const {
     // K^T panels, zero-padded: (tiles, d_k, panel_ld)
     const Index nk = k.rows, tiles = (nk + key_rows_ - 1) / key_rows_;
     for (Index t = 0; t < tiles; ++t) {
@@ -146,14 +155,12 @@ class SimdTiles {
         for (Index e = 0; e < dk_; ++e) panel[e * panel_ld_ + c] = k_row[e];
       }
     }
-    // V in place when its rows are whole vectors; otherwise a zero-padded copy (Nk, acc_ld).
-    if (acc_ld_ != v.cols) {
-      float* values = packed + tiles * dk_ * panel_ld_;
+    if (v_.data != v.data) {
+      float* values = const_cast<float*>(v_.data);
       for (Index j = 0; j < v.rows; ++j) {
         std::copy(v.row(j), v.row(j) + v.cols, values + j * acc_ld_);
         std::fill(values + j * acc_ld_ + v.cols, values + (j + 1) * acc_ld_, 0.0f);
       }
-      v_ = MatrixView<const float>(values, v.rows, acc_ld_, acc_ld_);
     }
   }
 

@@ -28,8 +28,9 @@
 namespace sdpa::kernels {
 
 /// Micro must provide: `using Vec` (the vector type of the softmax step), `key_multiple`
-/// and `row_multiple` (its tile granularity), `packed_size(K, V, tiling)` and a constructor
-/// Micro(K, V, tiling, packed) that may pack K and V into `packed` for all threads,
+/// and `row_multiple` (its tile granularity), `packed_size(K, V, tiling)`, a constructor
+/// Micro(K, V, tiling, packed) that lays out a packed copy of K and V in `packed` and `pack(K, V)`
+/// that fills it (once, shared by all threads),
 /// `accumulator_cols()`, `exp2(Vec)`, and
 ///   scores(q_tile, rows, j0, keys, s, ld):        s[r][c] = q_tile[r] . K[j0 + c]  for c < keys
 ///   accumulate(p, rows, ld, j0, keys, rescale, acc):
@@ -153,6 +154,7 @@ void tiled_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<co
   if (pieces == 1) {
     const detail::ScratchLease<T, detail::Slot::Packed> packed(Micro::packed_size(k, v, tiling));
     const Micro micro(k, v, tiling, packed.data());
+    micro.pack(k, v);
     const TiledHead<Micro, T> head(q, out, lse, scale, masks, nk, micro, tiling);
     detail::parallel_for(head.tiles(), options, [&](Index first, Index end) {
       for (Index tile = first; tile < end; ++tile) head.run_tile(tile);
@@ -184,6 +186,7 @@ void tiled_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<co
       const MatrixView<const T> k_piece = k.middle_rows(j0, n), v_piece = v.middle_rows(j0, n);
       T* packed = detail::thread_scratch<T, detail::Slot::ChunkPacked>(Micro::packed_size(k_piece, v_piece, tiling));
       const Micro micro(k_piece, v_piece, tiling, packed);
+      micro.pack(k_piece, v_piece);
       const MatrixView<T> piece_out(partial_out + piece * nq * dv, nq, dv, dv);
       const TiledHead<Micro, T> head(q, piece_out, partial_lse + piece * nq, scale, piece_masks, n, micro, tiling);
       head.run_tile(tile);

@@ -1,0 +1,180 @@
+// sdpa/batched.hpp - attention over [batch, heads, tokens, head_dim] views, with grouped-query
+// heads, per-sequence padding and broadcast masks; threads across batch x heads x query tiles.
+#pragma once
+
+#include "attention.hpp"
+
+#include <vector>
+
+namespace sdpa {
+
+namespace detail {
+
+inline std::string shape4(const char* name, Index b, Index h, Index n, Index d) {
+  return std::string(name) + " [" + std::to_string(b) + ", " + std::to_string(h) + ", " + std::to_string(n) + ", " +
+         std::to_string(d) + "]";
+}
+template <class T>
+std::string shape4(const char* name, const TensorView<T>& t) {
+  return shape4(name, t.batch, t.heads, t.tokens, t.features);
+}
+
+/// The address range a view spans, for the overlap check.
+template <class T>
+std::pair<std::uintptr_t, std::uintptr_t> span(const TensorView<T>& t) {
+  const auto first = reinterpret_cast<std::uintptr_t>(t.data);
+  const Index last = (t.batch - 1) * t.batch_stride + (t.heads - 1) * t.head_stride +
+                     (t.tokens - 1) * t.token_stride + t.features - 1;
+  return {first, first + std::uintptr_t(last + 1) * sizeof(T)};
+}
+
+template <class T>
+void validate_batched(const TensorView<const T>& q, const TensorView<const T>& k, const TensorView<const T>& v,
+                      const TensorView<T>& out, const Options& options) {
+  const char* fn = "attention";
+  const std::string all = shape4("Q", q) + ", " + shape4("K", k) + ", " + shape4("V", v) + ", " + shape4("out", out);
+  if (k.batch != q.batch || v.batch != q.batch || out.batch != q.batch)
+    fail(fn, "batch sizes differ: ", all);
+  if (k.heads != v.heads) fail(fn, "K and V need the same number of heads: ", all);
+  if (k.heads == 0 || q.heads % k.heads != 0)
+    fail(fn, "query heads (", q.heads, ") must be a multiple of key/value heads (", k.heads, "): ", all);
+  if (out.heads != q.heads || out.tokens != q.tokens || out.features != v.features)
+    fail(fn, "out must be [", q.batch, ", ", q.heads, ", ", q.tokens, ", ", v.features, "]: ", all);
+  for (const auto* t : {&q, &k, &v})
+    if (t->batch_stride < 0 || t->head_stride < 0 || t->token_stride < 0)
+      fail(fn, "strides must not be negative: ", all);
+  if (out.batch_stride < 0 || out.head_stride < 0 || out.token_stride < out.features)
+    fail(fn, "out's strides must give every element its own place: ", all);
+  validate_attention(fn, q.tokens, q.features, k.tokens, k.features, &v.tokens, &v.features, options);
+
+  const auto check_broadcast = [&](const char* name, Index b, Index h, Index n, Index keys) {
+    if ((b != 1 && b != q.batch) || (h != 1 && h != q.heads) || (n != 1 && n != q.tokens) || keys != k.tokens)
+      fail(fn, name, " is ", shape4("", b, h, n, keys).substr(1), " but the scores are [", q.batch, ", ", q.heads, ", ",
+           q.tokens, ", ", k.tokens, "]: each size must match or be 1");
+  };
+  if (!options.batch_mask.empty()) {
+    if (!options.mask.empty()) fail(fn, "give options.mask or options.batch_mask, not both");
+    const auto& m = options.batch_mask;
+    check_broadcast("options.batch_mask", m.batch, m.heads, m.tokens, m.features);
+  }
+  if (!options.batch_bias.empty()) {
+    if (!options.bias.empty()) fail(fn, "give options.bias or options.batch_bias, not both");
+    const auto& m = options.batch_bias;
+    check_broadcast("options.batch_bias", m.batch, m.heads, m.tokens, m.features);
+  }
+  const auto& lengths = options.sequence_lengths;
+  if (!lengths.empty()) {
+    if (!options.key_lengths.empty()) fail(fn, "give options.key_lengths or options.sequence_lengths, not both");
+    if (Index(lengths.size()) != q.batch)
+      fail(fn, "options.sequence_lengths has ", lengths.size(), " entries for a batch of ", q.batch);
+    for (std::size_t b = 0; b < lengths.size(); ++b)
+      if (lengths[b] < 0 || lengths[b] > k.tokens)
+        fail(fn, "options.sequence_lengths[", b, "] is ", lengths[b], ": it must lie in [0, ", k.tokens, "]");
+  }
+  // Overlap: exact per head when the spans meet (a fused buffer holding the output too).
+  const auto [out_first, out_end] = span(out);
+  for (const auto& [name, input] : {std::pair<const char*, const TensorView<const T>*>{"Q", &q}, {"K", &k}, {"V", &v}}) {
+    const auto [in_first, in_end] = span(*input);
+    if (in_end <= out_first || out_end <= in_first) continue;
+    for (Index b = 0; b < q.batch; ++b)
+      for (Index h = 0; h < out.heads; ++h)
+        for (Index hi = 0; hi < input->heads; ++hi)
+          if (overlaps(MatrixView<const T>(out.head(b, h)), input->head(b, hi)))
+            fail(fn, "out overlaps ", name, " (batch ", b, "): results would overwrite inputs still being read");
+  }
+}
+
+/// The masks of head h of sequence b: slices of the batched masks, or the 2-D ones.
+template <class T>
+HeadMasks head_masks(const Options& options, Index b, Index h) {
+  HeadMasks masks = HeadMasks::of(options);
+  if (!options.sequence_lengths.empty()) {
+    masks.lengths = &options.sequence_lengths[std::size_t(b)];
+    masks.length_count = 1;
+  }
+  const auto slice = [&](const auto& t) {
+    return t.head(t.batch == 1 ? 0 : b, t.heads == 1 ? 0 : h);  // rows == 1 broadcasts over queries
+  };
+  if (!options.batch_mask.empty()) masks.mask = slice(options.batch_mask);
+  if (!options.batch_bias.empty()) masks.bias = Bias(MatrixView<const float>(slice(options.batch_bias)));
+  return masks;
+}
+
+/// All heads' query tiles as one pool of work items, so that threads share batch x heads x
+/// tiles; K (and V) of each key/value head are packed once, shared by its query heads.
+template <class Micro, class T>
+void batched_tiled(const TensorView<const T>& q, const TensorView<const T>& k, const TensorView<const T>& v,
+                   const TensorView<T>& out, double scale, const Options& options) {
+  using kernels::TiledHead;
+  const Index group = q.heads / k.heads;  // query heads per key/value head
+  const kernels::Tiling tiling = kernels::choose_tiling(options.blocks, q.tokens, k.tokens, q.features, v.features,
+                                                        Index(sizeof(T)), Micro::key_multiple, Micro::row_multiple);
+  const Index kv_heads = q.batch * k.heads;
+  const Index packed_size = Micro::packed_size(k.head(0, 0), v.head(0, 0), tiling);
+  const ScratchLease<T, Slot::Packed> packed(kv_heads * packed_size);
+
+  std::vector<Micro> micros;  // one per (batch, kv head), packed in parallel
+  micros.reserve(std::size_t(kv_heads));
+  for (Index i = 0; i < kv_heads; ++i)
+    micros.emplace_back(k.head(i / k.heads, i % k.heads), v.head(i / k.heads, i % k.heads), tiling,
+                        packed.data() + i * packed_size);
+  parallel_for(kv_heads, options, [&](Index first, Index end) {
+    for (Index i = first; i < end; ++i)
+      micros[std::size_t(i)].pack(k.head(i / k.heads, i % k.heads), v.head(i / k.heads, i % k.heads));
+  });
+
+  std::vector<HeadMasks> masks;
+  std::vector<TiledHead<Micro, T>> heads;
+  masks.reserve(std::size_t(q.batch * q.heads));
+  heads.reserve(std::size_t(q.batch * q.heads));
+  for (Index b = 0; b < q.batch; ++b)
+    for (Index h = 0; h < q.heads; ++h) {
+      masks.push_back(head_masks<T>(options, b, h));
+      heads.emplace_back(q.head(b, h), out.head(b, h), nullptr, scale, masks.back(), k.tokens,
+                         micros[std::size_t(b * k.heads + h / group)], tiling);
+    }
+  const Index tiles = heads.front().tiles();
+  parallel_for(Index(heads.size()) * tiles, options, [&](Index first, Index end) {
+    for (Index item = first; item < end; ++item) heads[std::size_t(item / tiles)].run_tile(item % tiles);
+  });
+}
+
+}  // namespace detail
+
+/// Attention for every sequence of a batch and every head: out[b, h] = softmax(scale Q[b, h]
+/// K[b, g(h)]^T + masks) V[b, g(h)], where g(h) = h / (H_q / H_kv) lets H_q query heads share
+/// H_kv key/value heads (grouped-query attention; H_kv = 1 is multi-query) without copying.
+/// Views are read and written in place, in any layout (TensorView::bhnd, ::bnhd, FusedQKV).
+/// Masks: options.mask / bias / key_lengths apply to every head; options.batch_mask /
+/// batch_bias broadcast over sizes of 1; options.sequence_lengths pads each sequence.
+///
+///     auto q = sdpa::TensorView<const float>::bnhd(Q.data(), B, N, H, d);   // [B, N, H, d] memory
+///     auto o = sdpa::TensorView<float>::bnhd(O.data(), B, N, H, d);
+///     sdpa::attention(q, k, v, o, options);
+template <class T>
+void attention(const TensorView<const T>& q, const TensorView<const T>& k, const TensorView<const T>& v,
+               const TensorView<T>& out, const Options& options = {}) {
+  detail::validate_batched(q, k, v, out, options);
+  if (q.batch == 0 || q.heads == 0) return;
+  const double scale = detail::resolve_scale("attention", options, q.features);
+  const Index group = q.heads / k.heads;
+  const Kernel kernel = detail::resolve_kernel<T>(options.kernel, q.tokens, k.tokens);
+  const kernels::Tiling tiling = kernels::choose_tiling(options.blocks, q.tokens, k.tokens, q.features, v.features,
+                                                        Index(sizeof(T)), 1, 1);
+  const Index query_tiles = (q.tokens + tiling.query_rows - 1) / tiling.query_rows;
+  // Few query tiles in all (decoding a small batch): head by head, each splitting its keys.
+  const bool pooled = kernel != Kernel::Reference && q.batch * q.heads * query_tiles >= 4;
+  if (!pooled) {
+    for (Index b = 0; b < q.batch; ++b)
+      for (Index h = 0; h < q.heads; ++h)
+        detail::dispatch<T>(q.head(b, h), k.head(b, h / group), v.head(b, h / group), out.head(b, h), nullptr, scale,
+                            detail::head_masks<T>(options, b, h), options);
+    return;
+  }
+  if constexpr (std::is_same_v<T, float>) {
+    if (kernel == Kernel::Simd) return detail::batched_tiled<kernels::SimdTiles<simd::native>>(q, k, v, out, scale, options);
+  }
+  detail::batched_tiled<kernels::PlainTiles<T>>(q, k, v, out, scale, options);
+}
+
+}  // namespace sdpa
