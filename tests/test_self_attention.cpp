@@ -125,3 +125,95 @@ TEST_CASE("random layers are Glorot-scaled and reproducible from their seed", "[
   auto gen = rng(5);
   CHECK(bare.forward(random_matrix<double>(3, 16, gen)).cols() == 16);
 }
+
+TEST_CASE("decoding token by token through the KV cache equals one causal pass", "[layer][decode]") {
+  for (const Index kv_heads : {Index(4), Index(2), Index(1)}) {
+    const auto layer = sdpa::SelfAttention<double>::random(32, 4, 7, true, true, kv_heads);
+    auto gen = rng(10);
+    const Matrix<double> X = random_matrix<double>(40, 32, gen);
+    sdpa::Options causal;
+    causal.causal = true;
+    const Matrix<double> whole = layer.forward(X, causal);
+    for (const sdpa::Kernel kernel : all_kernels()) {
+      sdpa::KVCache<double> cache(1, kv_heads, 8, 8, 40);
+      sdpa::Options options;
+      options.kernel = kernel;
+      Matrix<double> stepped(40, 32);
+      stepped.topRows(11) = layer.step(X.topRows(11), cache, 0, options);  // the prompt at once
+      for (Index t = 11; t < 40; ++t) stepped.row(t) = layer.step(X.row(t), cache, 0, options);
+      CAPTURE(kv_heads, name(kernel));
+      CHECK(cache.length(0) == 40);
+      CHECK(max_difference(stepped, whole) <= 1e-12);
+    }
+  }
+}
+
+TEST_CASE("a cache holds several sequences of different lengths", "[layer][decode]") {
+  const auto layer = sdpa::SelfAttention<double>::random(16, 2, 3);
+  auto gen = rng(11);
+  const Matrix<double> A = random_matrix<double>(9, 16, gen), B = random_matrix<double>(5, 16, gen);
+  sdpa::Options causal;
+  causal.causal = true;
+  sdpa::KVCache<double> cache(2, 2, 8, 8, 16);
+  Matrix<double> a(9, 16), b(5, 16);
+  a.topRows(3) = layer.step(A.topRows(3), cache, 0);
+  for (Index t = 0; t < 5; ++t) {  // interleaved: sequence 1 one token at a time, sequence 0 too
+    b.row(t) = layer.step(B.row(t), cache, 1);
+    if (t + 3 < 9) a.row(t + 3) = layer.step(A.row(t + 3), cache, 0);
+  }
+  a.bottomRows(1) = layer.step(A.bottomRows(1), cache, 0);
+  CHECK(cache.length(0) == 9);
+  CHECK(cache.length(1) == 5);
+  CHECK(max_difference(a, layer.forward(A, causal)) <= 1e-12);
+  CHECK(max_difference(b, layer.forward(B, causal)) <= 1e-12);
+}
+
+TEST_CASE("grouped-query layers equal layers with the key/value heads repeated", "[layer]") {
+  auto gen = rng(12);
+  const auto w = random_weights(24, 24, 2, 4, 4, 24, true, gen);  // 2 kv heads of 4
+  // 6 query heads over those 2 kv heads, and the same with Wk, Wv columns repeated per query head.
+  sdpa::AttentionWeights<double> gqa = w, mha = w;
+  gqa.Wq = mha.Wq = random_matrix<double>(24, 24, gen, -0.5, 0.5);
+  gqa.bq = mha.bq = random_matrix<double>(1, 24, gen);
+  gqa.Wo = mha.Wo = random_matrix<double>(24, 24, gen, -0.5, 0.5);  // 6 heads x d_v 4 rows
+  mha.Wk = Matrix<double>(24, 24);
+  mha.Wv = Matrix<double>(24, 24);
+  mha.bk = sdpa::RowVector<double>(24);
+  mha.bv = sdpa::RowVector<double>(24);
+  for (Index h = 0; h < 6; ++h) {
+    mha.Wk.middleCols(h * 4, 4) = w.Wk.middleCols((h / 3) * 4, 4);
+    mha.Wv.middleCols(h * 4, 4) = w.Wv.middleCols((h / 3) * 4, 4);
+    mha.bk.segment(h * 4, 4) = w.bk.segment((h / 3) * 4, 4);
+    mha.bv.segment(h * 4, 4) = w.bv.segment((h / 3) * 4, 4);
+  }
+  const sdpa::SelfAttention<double> grouped(gqa, 6, 2), repeated(mha, 6);
+  CHECK(grouped.kv_heads() == 2);
+  const Matrix<double> X = random_matrix<double>(13, 24, gen);
+  CHECK(max_difference(grouped.forward(X), repeated.forward(X)) <= 1e-12);
+}
+
+TEST_CASE("cache misuse throws and leaves the cache as it was", "[layer][decode][errors]") {
+  const auto layer = sdpa::SelfAttention<float>::random(16, 2, 1);
+  sdpa::KVCache<float> cache(1, 2, 8, 8, 4);
+  auto gen = rng(13);
+  (void)layer.step(random_matrix<float>(3, 16, gen), cache);
+  const auto throws = [](auto&& call, const char* fragment) {
+    std::string message;
+    try {
+      call();
+    } catch (const std::invalid_argument& e) {
+      message = e.what();
+    }
+    INFO(message);
+    CHECK(message.find(fragment) != std::string::npos);
+  };
+  throws([&] { (void)layer.step(random_matrix<float>(2, 16, gen), cache); }, "exceed the cache's capacity 4");
+  CHECK(cache.length(0) == 3);
+  sdpa::KVCache<float> wrong(1, 1, 8, 8, 4);
+  throws([&] { (void)layer.step(random_matrix<float>(1, 16, gen), wrong); }, "the cache holds 1 heads");
+  throws([&] { (void)layer.step(random_matrix<float>(1, 16, gen), cache, 1); }, "sequence 1 is outside [0, 1)");
+  throws([&] { cache.append(0, Matrix<float>(1, 15), Matrix<float>(1, 16)); }, "keys are 1x15");
+  throws([] { sdpa::KVCache<float>(1, 0, 8, 8, 4); }, "must all be at least 1");
+  CHECK(cache.length(0) == 3);
+  throws([] { (void)sdpa::SelfAttention<float>::random(16, 4, 1, true, true, 3); }, "multiple of kv_heads (3)");
+}

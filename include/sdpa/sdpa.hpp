@@ -6,6 +6,7 @@
 
 #include "attention.hpp"
 #include "batched.hpp"
+#include "kv_cache.hpp"
 #include "options.hpp"
 #include "projection.hpp"
 #include "self_attention.hpp"

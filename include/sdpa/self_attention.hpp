@@ -2,6 +2,7 @@
 #pragma once
 
 #include "attention.hpp"
+#include "kv_cache.hpp"
 #include "projection.hpp"
 
 #include <cmath>
@@ -36,14 +37,22 @@ class SelfAttention {
   SelfAttention(Matrix<T> Wq, Matrix<T> Wk, Matrix<T> Wv, Index heads = 1)
       : SelfAttention(AttentionWeights<T>{std::move(Wq), std::move(Wk), std::move(Wv), {}, {}, {}, {}, {}}, heads) {}
 
-  explicit SelfAttention(AttentionWeights<T> weights, Index heads = 1) : w_(std::move(weights)), heads_(heads) {
+  /// `kv_heads` < heads makes grouped-query attention: Wk and Wv then have kv_heads x d
+  /// columns and query head h reads key/value head h / (heads / kv_heads). 0 means `heads`.
+  explicit SelfAttention(AttentionWeights<T> weights, Index heads = 1, Index kv_heads = 0)
+      : w_(std::move(weights)), heads_(heads), kv_heads_(kv_heads == 0 ? heads : kv_heads) {
     validate();
   }
 
   /// Xavier/Glorot-uniform weights from a seeded generator (the same seed gives the same layer
   /// on every platform); biases, when asked for, start at 0 as in PyTorch.
   static SelfAttention random(Index d_model, Index heads, std::uint64_t seed, bool biases = true,
-                              bool output_projection = true) {
+                              bool output_projection = true, Index kv_heads = 0) {
+    if (kv_heads == 0) kv_heads = heads;
+    if (heads < 1 || kv_heads < 1 || d_model % heads != 0)
+      detail::fail("SelfAttention::random", "d_model ", d_model, " must split into ", heads, " heads (kv_heads ",
+                   kv_heads, ")");
+    const Index kv_width = kv_heads * (d_model / heads);
     std::mt19937_64 engine(seed);
     const auto glorot = [&](Index rows, Index cols) {
       const double limit = std::sqrt(6.0 / double(rows + cols));
@@ -54,14 +63,17 @@ class SelfAttention {
     };
     AttentionWeights<T> w;
     w.Wq = glorot(d_model, d_model);
-    w.Wk = glorot(d_model, d_model);
-    w.Wv = glorot(d_model, d_model);
-    if (biases) w.bq = w.bk = w.bv = RowVector<T>::Zero(d_model);
+    w.Wk = glorot(d_model, kv_width);
+    w.Wv = glorot(d_model, kv_width);
+    if (biases) {
+      w.bq = RowVector<T>::Zero(d_model);
+      w.bk = w.bv = RowVector<T>::Zero(kv_width);
+    }
     if (output_projection) {
       w.Wo = glorot(d_model, d_model);
       if (biases) w.bo = RowVector<T>::Zero(d_model);
     }
-    return SelfAttention(std::move(w), heads);
+    return SelfAttention(std::move(w), heads, kv_heads);
   }
 
   /// Self-attention: every token of X attends to every token of X (subject to options).
@@ -79,32 +91,76 @@ class SelfAttention {
     return run(x, m, "memory", options);
   }
 
+  /// Generation: attends the new tokens X_new (n x d_model) of `sequence` to everything in
+  /// `cache` plus themselves (bottom-right causal), after appending their keys and values to
+  /// the cache. Feeding a prompt in one step and then one token per step gives the outputs of
+  /// one causal pass over the whole sequence. Options' masks, if any, are Nq x Nk with Nk the
+  /// cached length after the append.
+  template <class DX>
+  Matrix<T> step(const Eigen::MatrixBase<DX>& X_new, KVCache<T>& cache, Index sequence = 0,
+                 const Options& options = {}) const {
+    const ConstRef<T> x(X_new.derived());
+    const char* fn = "SelfAttention::step";
+    if (cache.kv_heads() != kv_heads_ || cache.head_dim() != head_dim() || cache.value_head_dim() != value_head_dim())
+      detail::fail(fn, "the cache holds ", cache.kv_heads(), " heads of ", cache.head_dim(), "/", cache.value_head_dim(),
+                   " but the layer has ", kv_heads_, " of ", head_dim(), "/", value_head_dim());
+    check_input(x, fn, "X_new");
+    const Index nk = cache.length(sequence) + x.rows();
+    if (nk > cache.capacity())
+      detail::fail(fn, "sequence ", sequence, " holds ", cache.length(sequence), " tokens; ", x.rows(),
+                   " more exceed the cache's capacity ", cache.capacity());
+    Options causal = options;
+    causal.causal = true;
+    detail::validate_attention(fn, x.rows(), head_dim(), nk, head_dim(), nullptr, nullptr, causal);
+    // Everything is checked: from here on the call cannot fail half-way.
+    cache.append(sequence, project(x, w_.Wk, w_.bk), project(x, w_.Wv, w_.bv));
+    const Matrix<T> Q = project(x, w_.Wq, w_.bq);
+    return attend_and_project(Q, [&](Index kv) { return std::pair(cache.keys(sequence, kv), cache.values(sequence, kv)); },
+                              causal);
+  }
+
   Index heads() const { return heads_; }
+  Index kv_heads() const { return kv_heads_; }
   Index d_model() const { return w_.Wq.rows(); }
-  Index head_dim() const { return w_.Wq.cols() / heads_; }        // d_k
-  Index value_head_dim() const { return w_.Wv.cols() / heads_; }  // d_v
+  Index head_dim() const { return w_.Wq.cols() / heads_; }           // d_k
+  Index value_head_dim() const { return w_.Wv.cols() / kv_heads_; }  // d_v
   const AttentionWeights<T>& weights() const { return w_; }
 
  private:
-  Matrix<T> run(const ConstRef<T>& x, const ConstRef<T>& source, const char* source_name, const Options& options) const {
+  void check_input(const ConstRef<T>& x, const char* function, const char* name) const {
     if (x.cols() != w_.Wq.rows())
-      detail::fail("SelfAttention::forward", "X is ", detail::shape(x.rows(), x.cols()), " but Wq is ",
-                   detail::shape(w_.Wq.rows(), w_.Wq.cols()), ": X needs d_model = ", w_.Wq.rows(), " columns");
+      detail::fail(function, name, " is ", detail::shape(x.rows(), x.cols()), " but Wq is ",
+                   detail::shape(w_.Wq.rows(), w_.Wq.cols()), ": it needs d_model = ", w_.Wq.rows(), " columns");
+  }
+
+  Matrix<T> run(const ConstRef<T>& x, const ConstRef<T>& source, const char* source_name, const Options& options) const {
+    check_input(x, "SelfAttention::forward", "X");
     if (source.cols() != w_.Wk.rows())
       detail::fail("SelfAttention::forward", source_name, " is ", detail::shape(source.rows(), source.cols()),
                    " but Wk is ", detail::shape(w_.Wk.rows(), w_.Wk.cols()), ": keys and values need ", w_.Wk.rows(),
                    " columns");
-    const Index dk = head_dim(), dv = value_head_dim();
     // Per-head shapes and options are checked before any projection is computed.
-    detail::validate_attention("SelfAttention::forward", x.rows(), dk, source.rows(), dk, nullptr, nullptr, options);
-
+    detail::validate_attention("SelfAttention::forward", x.rows(), head_dim(), source.rows(), head_dim(), nullptr,
+                               nullptr, options);
     const Matrix<T> Q = project(x, w_.Wq, w_.bq), K = project(source, w_.Wk, w_.bk), V = project(source, w_.Wv, w_.bv);
-    Matrix<T> heads_out(x.rows(), heads_ * dv);  // the heads' outputs side by side
-    const MatrixView<const T> q(Q), k(K), v(V);
+    const MatrixView<const T> k(K), v(V);
+    return attend_and_project(Q, [&](Index kv) {
+      return std::pair(k.middle_cols(kv * head_dim(), head_dim()), v.middle_cols(kv * value_head_dim(), value_head_dim()));
+    }, options);
+  }
+
+  /// Head h of Q attends to key/value head h / (heads / kv_heads), given by kv_of(kv) as a
+  /// (keys, values) pair of views; the heads' outputs, side by side, go through Wo + bo.
+  template <class KVOf>
+  Matrix<T> attend_and_project(const Matrix<T>& Q, const KVOf& kv_of, const Options& options) const {
+    const Index dk = head_dim(), dv = value_head_dim(), group = heads_ / kv_heads_;
+    Matrix<T> heads_out(Q.rows(), heads_ * dv);  // the heads' outputs side by side
+    const MatrixView<const T> q(Q);
     const MatrixView<T> o(heads_out);
-    for (Index h = 0; h < heads_; ++h)  // a head is a column slice: strided views, no copies
-      detail::run_attention<T>("SelfAttention::forward", q.middle_cols(h * dk, dk), k.middle_cols(h * dk, dk),
-                               v.middle_cols(h * dv, dv), o.middle_cols(h * dv, dv), options);
+    for (Index h = 0; h < heads_; ++h) {  // a head is a column slice: strided views, no copies
+      const auto [k, v] = kv_of(h / group);
+      detail::run_attention<T>("SelfAttention", q.middle_cols(h * dk, dk), k, v, o.middle_cols(h * dv, dv), options);
+    }
     if (w_.Wo.size() == 0) return heads_out;
     return project(heads_out, w_.Wo, w_.bo);
   }
@@ -116,12 +172,15 @@ class SelfAttention {
     if (w_.Wq.cols() == 0 || w_.Wq.cols() % heads_ != 0)
       detail::fail(fn, "Wq is ", s(w_.Wq), ": its ", w_.Wq.cols(), " columns must split into ", heads_,
                    " heads of d_k >= 1");
-    if (w_.Wk.cols() != w_.Wq.cols())
-      detail::fail(fn, "Wq is ", s(w_.Wq), " and Wk is ", s(w_.Wk), ": they need the same columns (heads x d_k)");
+    if (kv_heads_ < 1 || heads_ % kv_heads_ != 0)
+      detail::fail(fn, "heads (", heads_, ") must be a multiple of kv_heads (", kv_heads_, ")");
+    if (w_.Wk.cols() * heads_ != w_.Wq.cols() * kv_heads_)
+      detail::fail(fn, "Wq is ", s(w_.Wq), " and Wk is ", s(w_.Wk), ": Wk needs kv_heads x d_k = ", kv_heads_, " x ",
+                   w_.Wq.cols() / heads_, " columns");
     if (w_.Wv.rows() != w_.Wk.rows())
       detail::fail(fn, "Wk is ", s(w_.Wk), " and Wv is ", s(w_.Wv), ": they read the same source, so need the same rows");
-    if (w_.Wv.cols() == 0 || w_.Wv.cols() % heads_ != 0)
-      detail::fail(fn, "Wv is ", s(w_.Wv), ": its ", w_.Wv.cols(), " columns must split into ", heads_,
+    if (w_.Wv.cols() == 0 || w_.Wv.cols() % kv_heads_ != 0)
+      detail::fail(fn, "Wv is ", s(w_.Wv), ": its ", w_.Wv.cols(), " columns must split into ", kv_heads_,
                    " heads of d_v >= 1");
     const auto check_bias = [&](const char* name, const RowVector<T>& b, const Matrix<T>& W, const char* wname) {
       if (b.size() != 0 && b.size() != W.cols())
@@ -131,9 +190,9 @@ class SelfAttention {
     check_bias("bk", w_.bk, w_.Wk, "Wk");
     check_bias("bv", w_.bv, w_.Wv, "Wv");
     if (w_.Wo.size() != 0) {
-      if (w_.Wo.rows() != w_.Wv.cols())
+      if (w_.Wo.rows() != heads_ * value_head_dim())
         detail::fail(fn, "Wo is ", s(w_.Wo), " and Wv is ", s(w_.Wv), ": Wo needs one row per concatenated value feature (",
-                     w_.Wv.cols(), ")");
+                     heads_ * value_head_dim(), ")");
       check_bias("bo", w_.bo, w_.Wo, "Wo");
     } else if (w_.bo.size() != 0) {
       detail::fail(fn, "bo is 1x", w_.bo.size(), " but there is no Wo: an output bias needs an output projection");
@@ -141,7 +200,7 @@ class SelfAttention {
   }
 
   AttentionWeights<T> w_;
-  Index heads_;
+  Index heads_, kv_heads_;
 };
 
 }  // namespace sdpa
