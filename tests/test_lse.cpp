@@ -81,6 +81,16 @@ TEST_CASE("decoding: one query against thousands of keys (split across threads) 
           sdpa::attention_into(Q, K, V, out, lse, options);
           check_attention(out, e, nk, 64, name(kernel));
           check_lse(lse, e, nk, 64, name(kernel));
+          if (nq == 1 && kind != 2) {  // the same query among 64 rows (many query tiles): not split
+            const Matrix<float> many = Q.replicate(64, 1);
+            sdpa::Options unsplit = options;
+            unsplit.causal = false;  // one query sees every key either way; 64 causal rows would not
+            if (kind == 3) unsplit.mask = mask.allowed, unsplit.bias = mask.bias;  // 1 x Nk: broadcasts
+            const Matrix<float> rows = sdpa::attention(many, K, V, unsplit);
+            Expected row0 = e;
+            row0.out = rows.topRows(1).cast<Wide>();  // the unsplit kernel's answer, with the tolerance
+            check_attention(out, row0, nk, 64, "split vs unsplit");
+          }
           for (const int threads : {2, 3}) {  // the split depends on Nk, not on the threads
             options.threads = threads;
             Matrix<float> again(nq, 64);
