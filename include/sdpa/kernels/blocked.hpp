@@ -53,7 +53,7 @@ class PlainTiles {
   }
 
   // The plain path keeps the steps apart.
-  bool fused_softmax(const T*, Index, Index, Index, T*, Index, sdpa::detail::OnlineSoftmaxRow<Vec>*, T*) const {
+  bool fused_softmax(const T*, Index, Index, Index, T*, Index, detail::OnlineSoftmaxRow<Vec>*, T*) const {
     return false;
   }
 
@@ -64,7 +64,7 @@ class PlainTiles {
 /// out = softmax(scale Q K^T + mask) V, tiled; inputs already validated.
 template <class T>
 void blocked_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out,
-                       double scale, const sdpa::detail::HeadMasks& masks, const Options& options, T* lse = nullptr) {
+                       double scale, const detail::HeadMasks& masks, const Options& options, T* lse = nullptr) {
   tiled_attention<PlainTiles<T>>(q, k, v, out, lse, scale, masks, options);
 }
 

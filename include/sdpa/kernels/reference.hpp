@@ -34,13 +34,13 @@ constexpr Index kRowsPerTask = 16;  // rows one thread takes at a time
 /// P = softmax(scale Q K^T + mask), row by row; a row with no visible key is all zeros.
 /// `lse`, when not null, receives each row's log-sum-exp of its masked scores (-inf if none).
 template <class T>
-void reference_weights(MatrixView<const T> q, MatrixView<const T> k, double scale, const sdpa::detail::HeadMasks& masks,
+void reference_weights(MatrixView<const T> q, MatrixView<const T> k, double scale, const detail::HeadMasks& masks,
                        const Options& options, MatrixView<T> weights, T* lse = nullptr) {
   using reference_detail::row;
   const Index nq = q.rows, nk = k.rows;
-  const sdpa::detail::MaskPolicy<T> mask(masks, nq, nk, T(1));
+  const detail::MaskPolicy<T> mask(masks, nq, nk, T(1));
   const Index tasks = (nq + reference_detail::kRowsPerTask - 1) / reference_detail::kRowsPerTask;
-  sdpa::detail::parallel_for(tasks, options, [&](Index first, Index end) {
+  detail::parallel_for(tasks, options, [&](Index first, Index end) {
     for (Index i = first * reference_detail::kRowsPerTask; i < std::min(nq, end * reference_detail::kRowsPerTask); ++i) {
       T* s = weights.row(i);
       // pass 1: the query against every key, s_j = scale q_i . k_j
@@ -71,14 +71,14 @@ void reference_weights(MatrixView<const T> q, MatrixView<const T> k, double scal
 /// out = P V with P from reference_weights. Allocates the Nq x Nk matrix P.
 template <class T>
 void reference_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out,
-                         double scale, const sdpa::detail::HeadMasks& masks, const Options& options, T* lse = nullptr) {
+                         double scale, const detail::HeadMasks& masks, const Options& options, T* lse = nullptr) {
   using reference_detail::row;
   Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> P(q.rows, k.rows);
   const MatrixView<T> weights(P.data(), P.rows(), P.cols(), P.cols());
   reference_weights(q, k, scale, masks, options, weights, lse);
   // pass 6: each output row is its weights' blend of the value rows
   const Index tasks = (q.rows + reference_detail::kRowsPerTask - 1) / reference_detail::kRowsPerTask;
-  sdpa::detail::parallel_for(tasks, options, [&](Index first, Index end) {
+  detail::parallel_for(tasks, options, [&](Index first, Index end) {
     for (Index i = first * reference_detail::kRowsPerTask; i < std::min(q.rows, end * reference_detail::kRowsPerTask); ++i) {
       auto o = row(out, i);
       o.setZero();

@@ -28,7 +28,7 @@ template <class Arch> struct Blocking { static constexpr int rows = 6, vectors =
 template <> struct Blocking<simd::avx2> { static constexpr int rows = 6, vectors = 2; };  // 12 of 16 ymm
 template <> struct Blocking<simd::scalar> { static constexpr int rows = 4, vectors = 4; };
 
-namespace detail {
+namespace microkernels {
 
 /// Calls f(std::integral_constant<int, n>) for the runtime n in [1, R]: the remainder rows of
 /// a tile get a microkernel of their own exact height.
@@ -69,7 +69,7 @@ SDPA_ALWAYS_INLINE void score_block(const float* q, Index dk, const float* kt, I
 // Same operations in the same order as OnlineSoftmaxRow::absorb, so the same results.
 template <class V, int R, int C>
 SDPA_ALWAYS_INLINE void score_softmax_block(const float* q, Index dk, const float* kt, Index kt_ld, float* p,
-                                            Index p_ld, sdpa::detail::OnlineSoftmaxRow<V>* states,
+                                            Index p_ld, detail::OnlineSoftmaxRow<V>* states,
                                             float* rescale) {
   V s[R][C];
   score_registers<V, R, C>(q, dk, kt, kt_ld, s);
@@ -111,7 +111,7 @@ SDPA_ALWAYS_INLINE void value_block(const float* p, Index p_ld, Index keys, cons
     for (int c = 0; c < C; ++c) out[r][c].store(acc + r * acc_ld + c * V::width);
 }
 
-}  // namespace detail
+}  // namespace microkernels
 
 template <class Arch>
 class SimdTiles {
@@ -171,8 +171,8 @@ class SimdTiles {
     const float* panel = packed_k_ + (j0 / key_rows_) * dk_ * panel_ld_;
     for (Index col = 0; col < keys; col += key_multiple)
       for (Index r0 = 0; r0 < rows; r0 += R)
-        detail::with_rows<R>(rows - r0, [&](auto height) {
-          detail::score_block<Vec, height, C>(q_tile + r0 * dk_, dk_, panel + col, panel_ld_, s + r0 * ld + col, ld);
+        microkernels::with_rows<R>(rows - r0, [&](auto height) {
+          microkernels::score_block<Vec, height, C>(q_tile + r0 * dk_, dk_, panel + col, panel_ld_, s + r0 * ld + col, ld);
         });
   }
 
@@ -180,12 +180,12 @@ class SimdTiles {
   /// on AVX2 a 16-key tile costs more than fusing saves, measured, so 64-key tiles run unfused): S goes
   /// from the FMAs through max, exp and sum to P without a round trip through memory.
   bool fused_softmax(const float* q_tile, Index rows, Index j0, Index keys, float* p, Index ld,
-                     sdpa::detail::OnlineSoftmaxRow<Vec>* states, float* rescale) const {
+                     detail::OnlineSoftmaxRow<Vec>* states, float* rescale) const {
     if (keys != key_multiple || ld != key_multiple) return false;
     const float* panel = packed_k_ + (j0 / key_rows_) * dk_ * panel_ld_;
     for (Index r0 = 0; r0 < rows; r0 += R)
-      detail::with_rows<R>(rows - r0, [&](auto height) {
-        detail::score_softmax_block<Vec, height, C>(q_tile + r0 * dk_, dk_, panel, panel_ld_, p + r0 * ld, ld,
+      microkernels::with_rows<R>(rows - r0, [&](auto height) {
+        microkernels::score_softmax_block<Vec, height, C>(q_tile + r0 * dk_, dk_, panel, panel_ld_, p + r0 * ld, ld,
                                                     states + r0, rescale + r0);
       });
     return true;
@@ -205,8 +205,8 @@ class SimdTiles {
   void accumulate_columns(const float* p, Index rows, Index ld, Index keys, const float* v_tile, Index col,
                           const float* rescale, float* acc) const {
     for (Index r0 = 0; r0 < rows; r0 += R)
-      detail::with_rows<R>(rows - r0, [&](auto height) {
-        detail::value_block<Vec, height, Vectors>(p + r0 * ld, ld, keys, v_tile + col, v_.row_stride, rescale + r0,
+      microkernels::with_rows<R>(rows - r0, [&](auto height) {
+        microkernels::value_block<Vec, height, Vectors>(p + r0 * ld, ld, keys, v_tile + col, v_.row_stride, rescale + r0,
                                                   acc + r0 * acc_ld_ + col, acc_ld_);
       });
   }
@@ -220,7 +220,7 @@ class SimdTiles {
 /// best ISA by default; simd::scalar forces the width-1 fallback). Inputs already validated.
 template <class Arch = simd::native>
 void simd_attention(MatrixView<const float> q, MatrixView<const float> k, MatrixView<const float> v,
-                    MatrixView<float> out, double scale, const sdpa::detail::HeadMasks& masks, const Options& options,
+                    MatrixView<float> out, double scale, const detail::HeadMasks& masks, const Options& options,
                     float* lse = nullptr) {
   tiled_attention<SimdTiles<Arch>>(q, k, v, out, lse, scale, masks, options);
 }
