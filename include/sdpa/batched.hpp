@@ -172,7 +172,11 @@ void attention(const TensorView<const T>& q, const TensorView<const T>& k, const
     return;
   }
   if constexpr (std::is_same_v<T, float>) {
-    if (kernel == Kernel::Simd) return detail::batched_tiled<kernels::SimdTiles<simd::native>>(q, k, v, out, scale, options);
+    if (kernel == Kernel::Simd) {
+      if (kernels::RowTiles<simd::native>::fits(q.tokens, q.features, v.features))
+        return detail::batched_tiled<kernels::RowTiles<simd::native>>(q, k, v, out, scale, options);
+      return detail::batched_tiled<kernels::SimdTiles<simd::native>>(q, k, v, out, scale, options);
+    }
   }
   detail::batched_tiled<kernels::PlainTiles<T>>(q, k, v, out, scale, options);
 }

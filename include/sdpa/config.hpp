@@ -35,6 +35,17 @@
 #define SDPA_HAS_OPENMP 0
 #endif
 
+// SDPA_UNROLL before a loop with a small constant trip count (the rows and vectors of a
+// microkernel's register block): the accumulators only live in registers once the loop is
+// unrolled, which GCC does at -O3 but not at -O2 (measured: 3x slower at -O2 without it).
+#if defined(__clang__)
+#define SDPA_UNROLL _Pragma("unroll")
+#elif defined(__GNUC__)
+#define SDPA_UNROLL _Pragma("GCC unroll 16")
+#else
+#define SDPA_UNROLL
+#endif
+
 #if defined(__GNUC__) || defined(__clang__)
 #define SDPA_ALWAYS_INLINE inline __attribute__((always_inline))
 #define SDPA_RESTRICT __restrict__

@@ -43,13 +43,18 @@ SDPA_ALWAYS_INLINE void with_rows(Index n, F&& f) {
 // s (R, C W) = q (R, d_k) kt (d_k, C W), in registers: kt is a K^T panel, row stride kt_ld.
 template <class V, int R, int C>
 SDPA_ALWAYS_INLINE void score_registers(const float* q, Index dk, const float* kt, Index kt_ld, V (&s)[R][C]) {
+  SDPA_UNROLL
   for (int r = 0; r < R; ++r)
+    SDPA_UNROLL
     for (int c = 0; c < C; ++c) s[r][c] = V::zero();
   for (Index e = 0; e < dk; ++e) {
     V key[C];
+    SDPA_UNROLL
     for (int c = 0; c < C; ++c) key[c] = V::load(kt + e * kt_ld + c * V::width);
+    SDPA_UNROLL
     for (int r = 0; r < R; ++r) {
       const V query = V::broadcast(q[r * dk + e]);
+      SDPA_UNROLL
       for (int c = 0; c < C; ++c) s[r][c] = fma(query, key[c], s[r][c]);
     }
   }
@@ -60,7 +65,9 @@ template <class V, int R, int C>
 SDPA_ALWAYS_INLINE void score_block(const float* q, Index dk, const float* kt, Index kt_ld, float* s, Index s_ld) {
   V acc[R][C];
   score_registers<V, R, C>(q, dk, kt, kt_ld, acc);
+  SDPA_UNROLL
   for (int r = 0; r < R; ++r)
+    SDPA_UNROLL
     for (int c = 0; c < C; ++c) acc[r][c].store(s + r * s_ld + c * V::width);
 }
 
@@ -74,12 +81,15 @@ SDPA_ALWAYS_INLINE void score_softmax_block(const float* q, Index dk, const floa
   V s[R][C];
   score_registers<V, R, C>(q, dk, kt, kt_ld, s);
   const auto exp2 = [](V x) { return simd::exp2_no_overflow(x); };
+  SDPA_UNROLL
   for (int r = 0; r < R; ++r) {
     V tile_max = V::broadcast(-std::numeric_limits<float>::infinity());
+    SDPA_UNROLL
     for (int c = 0; c < C; ++c) tile_max = max(s[r][c], tile_max);
     V row_rescale;
     const V shift = states[r].raise_max(reduce_max(tile_max), exp2, row_rescale);
     V tile_sum = V::zero();
+    SDPA_UNROLL
     for (int c = 0; c < C; ++c) {
       const V weight = exp2(s[r][c] - shift);
       weight.store(p + r * p_ld + c * V::width);
@@ -95,20 +105,44 @@ template <class V, int R, int C>
 SDPA_ALWAYS_INLINE void value_block(const float* p, Index p_ld, Index keys, const float* v, Index v_ld,
                                     const float* rescale, float* acc, Index acc_ld) {
   V out[R][C];
+  SDPA_UNROLL
   for (int r = 0; r < R; ++r) {
     const V factor = V::broadcast(rescale[r]);
+    SDPA_UNROLL
     for (int c = 0; c < C; ++c) out[r][c] = V::load(acc + r * acc_ld + c * V::width) * factor;
   }
   for (Index j = 0; j < keys; ++j) {
     V value[C];
+    SDPA_UNROLL
     for (int c = 0; c < C; ++c) value[c] = V::load(v + j * v_ld + c * V::width);
+    SDPA_UNROLL
     for (int r = 0; r < R; ++r) {
       const V weight = V::broadcast(p[r * p_ld + j]);
+      SDPA_UNROLL
       for (int c = 0; c < C; ++c) out[r][c] = fma(weight, value[c], out[r][c]);
     }
   }
+  SDPA_UNROLL
   for (int r = 0; r < R; ++r)
+    SDPA_UNROLL
     for (int c = 0; c < C; ++c) out[r][c].store(acc + r * acc_ld + c * V::width);
+}
+
+// acc (rows, vectors W) = rescale * acc + p (rows, keys) v (keys, vectors W), v rows at stride
+// v_ld, in register blocks of R rows x C vectors (remainders get blocks of their own size).
+template <class V, int R, int C>
+void accumulate_tile(const float* p, Index rows, Index p_ld, Index keys, const float* v, Index v_ld, Index vectors,
+                     const float* rescale, float* acc, Index acc_ld) {
+  const auto columns = [&](Index col, auto width) {
+    for (Index r0 = 0; r0 < rows; r0 += R)
+      with_rows<R>(rows - r0, [&](auto height) {
+        value_block<V, height, decltype(width)::value>(p + r0 * p_ld, p_ld, keys, v + col, v_ld, rescale + r0,
+                                                       acc + r0 * acc_ld + col, acc_ld);
+      });
+  };
+  Index vec = 0;
+  for (; vec + C <= vectors; vec += C) columns(vec * V::width, std::integral_constant<int, C>{});
+  for (; vec < vectors; ++vec) columns(vec * V::width, std::integral_constant<int, 1>{});
 }
 
 }  // namespace microkernels
@@ -193,27 +227,63 @@ class SimdTiles {
 
   void accumulate(const float* p, Index rows, Index ld, Index j0, Index keys, const float* rescale,
                   float* acc) const {
-    const float* v_tile = v_.row(j0);
-    const Index vectors = acc_ld_ / W;
-    Index vec = 0;
-    for (; vec + C <= vectors; vec += C) accumulate_columns<C>(p, rows, ld, keys, v_tile, vec * W, rescale, acc);
-    for (; vec < vectors; ++vec) accumulate_columns<1>(p, rows, ld, keys, v_tile, vec * W, rescale, acc);
+    microkernels::accumulate_tile<Vec, R, C>(p, rows, ld, keys, v_.row(j0), v_.row_stride, acc_ld_ / W, rescale, acc,
+                                             acc_ld_);
   }
 
  private:
-  template <int Vectors>
-  void accumulate_columns(const float* p, Index rows, Index ld, Index keys, const float* v_tile, Index col,
-                          const float* rescale, float* acc) const {
-    for (Index r0 = 0; r0 < rows; r0 += R)
-      microkernels::with_rows<R>(rows - r0, [&](auto height) {
-        microkernels::value_block<Vec, height, Vectors>(p + r0 * ld, ld, keys, v_tile + col, v_.row_stride, rescale + r0,
-                                                  acc + r0 * acc_ld_ + col, acc_ld_);
-      });
-  }
-
   Index dk_, key_rows_, panel_ld_, acc_ld_;
   MatrixView<const float> v_;
   float* packed_k_;
+};
+
+/// The microkernels for a handful of query rows (decoding): K and V are read in place, row by
+/// row, with no packing. Packing K^T costs a pass over K per call, as much as the whole of one
+/// query's attention; here each key row is loaded once and dotted with every query row
+/// (vectorised along d, then summed across lanes), which leaves decoding bound by memory.
+/// Needs d_k and d_v to be multiples of the vector width.
+template <class Arch>
+class RowTiles {
+ public:
+  using Vec = simd::Vec<float, Arch>;
+  static constexpr int W = Vec::width;
+  static constexpr Index key_multiple = W;  // score rows padded to whole vectors
+  static constexpr Index max_rows = 4;
+  static constexpr Index row_multiple = max_rows;  // all the query rows in one tile: K is read once
+
+  /// When this beats packing (measured: see README, decoding).
+  static bool fits(Index nq, Index dk, Index dv) { return nq <= max_rows && dk % W == 0 && dv % W == 0; }
+  static Index packed_size(MatrixView<const float>, MatrixView<const float>, const Tiling&) { return 0; }
+
+  RowTiles(MatrixView<const float> k, MatrixView<const float> v, const Tiling&, float*) : k_(k), v_(v) {}
+  void pack(MatrixView<const float>, MatrixView<const float>) const {}
+
+  Index accumulator_cols() const { return v_.cols; }
+  Vec exp2(Vec x) const { return simd::exp2_no_overflow(x); }
+  bool fused_softmax(const float*, Index, Index, Index, float*, Index, detail::OnlineSoftmaxRow<Vec>*, float*) const {
+    return false;
+  }
+
+  void scores(const float* q_tile, Index rows, Index j0, Index keys, float* s, Index ld) const {
+    const Index dk = k_.cols;
+    for (Index c = 0; c < keys; ++c) {
+      const float* k_row = k_.row(j0 + c);
+      for (Index r = 0; r < rows; ++r) {
+        Vec dot = Vec::zero();
+        for (Index e = 0; e < dk; e += W) dot = fma(Vec::load(q_tile + r * dk + e), Vec::load(k_row + e), dot);
+        s[r * ld + c] = reduce_add(dot);
+      }
+    }
+  }
+
+  void accumulate(const float* p, Index rows, Index ld, Index j0, Index keys, const float* rescale,
+                  float* acc) const {
+    microkernels::accumulate_tile<Vec, max_rows, Blocking<Arch>::vectors>(p, rows, ld, keys, v_.row(j0), v_.row_stride,
+                                                                         v_.cols / W, rescale, acc, v_.cols);
+  }
+
+ private:
+  MatrixView<const float> k_, v_;
 };
 
 /// out = softmax(scale Q K^T + mask) V with the vector microkernels of `Arch` (the build's
@@ -222,6 +292,8 @@ template <class Arch = simd::native>
 void simd_attention(MatrixView<const float> q, MatrixView<const float> k, MatrixView<const float> v,
                     MatrixView<float> out, double scale, const detail::HeadMasks& masks, const Options& options,
                     float* lse = nullptr) {
+  if (RowTiles<Arch>::fits(q.rows, q.cols, v.cols))
+    return tiled_attention<RowTiles<Arch>>(q, k, v, out, lse, scale, masks, options);
   tiled_attention<SimdTiles<Arch>>(q, k, v, out, lse, scale, masks, options);
 }
 
