@@ -175,3 +175,38 @@ TEST_CASE("batched calls reject bad shapes, strides and masks, writing nothing",
   fails(mask, q.view, k2.view, v2.view, o.view, "options.batch_mask is [2, 2, 8, 8]");
   fails({}, q.view, k2.view, v2.view, q.view, "out overlaps Q");
 }
+
+TEST_CASE("grouped-query decoding reads each key/value head once for its group and matches", "[batched][decode]") {
+  auto gen = rng(6);
+  const Index Hq = 8, Hkv = 2, M = 2000, d = 64;
+  for (const Index B : {Index(1), Index(2)})  // 2 groups (keys split across threads) and 4 groups (groups in parallel)
+    for (const bool padded : {false, true}) {
+      Tensor q(B, Hq, 1, d, true, gen), k(B, Hkv, M, d, true, gen), v(B, Hkv, M, d, true, gen), o(B, Hq, 1, d, true, gen);
+      std::vector<char> mask_storage(std::size_t(B * M));
+      std::bernoulli_distribution coin(0.8);
+      for (char& m : mask_storage) m = coin(gen);
+      sdpa::Options options;
+      options.causal = true;  // one query: sees every cached key
+      if (padded) {
+        options.sequence_lengths.assign(std::size_t(B), 1500);
+        options.batch_mask = {reinterpret_cast<const bool*>(mask_storage.data()), B, 1, 1, M, M, 0, 0};
+      }
+      for (const int threads : {1, 2}) {
+        options.threads = threads;
+        sdpa::attention<float>(q.view, k.view, v.view, o.view, options);
+        for (Index b = 0; b < B; ++b)
+          for (Index h = 0; h < Hq; ++h) {
+            MaskSpec mask;
+            if (padded) {
+              mask.lengths = {1500};
+              mask.allowed = Matrix<bool>(1, M);
+              for (Index j = 0; j < M; ++j) mask.allowed(0, j) = mask_storage[std::size_t(b * M + j)] != 0;
+            }
+            CAPTURE(B, padded, threads, b, h);
+            check_attention(head(o.view, b, h),
+                            reference(head(q.view, b, h), head(k.view, b, h / 4), head(v.view, b, h / 4), 0.125, mask),
+                            M, d, "grouped decode");
+          }
+      }
+    }
+}

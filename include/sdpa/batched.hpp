@@ -139,6 +139,43 @@ void batched_tiled(const TensorView<const T>& q, const TensorView<const T>& k, c
   });
 }
 
+/// Grouped-query decoding: with one query per head, the query heads that share a key/value
+/// head are the rows of one small Q (row stride = head stride), so that head's keys and
+/// values are read once for the group instead of once per query head. Returns false when
+/// the call is not of that form (then heads run separately).
+inline bool decode_groups(const TensorView<const float>& q, const TensorView<const float>& k,
+                          const TensorView<const float>& v, const TensorView<float>& out, double scale,
+                          const Options& options) {
+  using Rows = kernels::RowTiles<simd::native>;
+  const Index group = q.heads / k.heads;
+  const bool per_head_masks = (!options.batch_mask.empty() && options.batch_mask.heads != 1) ||
+                              (!options.batch_bias.empty() && options.batch_bias.heads != 1);
+  if (q.tokens != 1 || group < 2 || group > Rows::max_rows || per_head_masks ||
+      !Rows::fits(group, q.features, v.features) || !options.mask.empty() || !options.bias.empty() ||
+      !options.key_lengths.empty())
+    return false;
+  const auto run = [&](Index item, const Options& run_options) {
+    const Index b = item / k.heads, kv = item % k.heads;
+    const MatrixView<const float> q_rows(q.head(b, kv * group).data, group, q.features, q.head_stride);
+    const MatrixView<float> out_rows(out.head(b, kv * group).data, group, out.features, out.head_stride);
+    HeadMasks masks = head_masks<float>(options, b, kv * group);
+    masks.causal = false;  // one query per head sees every key; as rows of a group it must too
+    kernels::simd_attention(q_rows, k.head(b, kv), v.head(b, kv), out_rows, scale, masks, run_options);
+  };
+  const Index items = q.batch * k.heads;
+  if (items < 4) {  // few groups: each splits its keys across the threads
+    for (Index item = 0; item < items; ++item) run(item, options);
+    return true;
+  }
+  Options serial = options;  // groups are the parallel items; each runs on one thread
+  serial.threads = 1;
+  serial.parallel_for = nullptr;
+  parallel_for(items, options, [&](Index first, Index end) {
+    for (Index item = first; item < end; ++item) run(item, serial);
+  });
+  return true;
+}
+
 }  // namespace detail
 
 /// Attention for every sequence of a batch and every head: out[b, h] = softmax(scale Q[b, h]
@@ -172,6 +209,7 @@ void attention(const TensorView<const T>& q, const TensorView<const T>& k, const
     return;
   }
   if constexpr (std::is_same_v<T, float>) {
+    if (kernel == Kernel::Simd && detail::decode_groups(q, k, v, out, scale, options)) return;
     if (kernel == Kernel::Simd) {
       if (kernels::RowTiles<simd::native>::fits(q.tokens, q.features, v.features))
         return detail::batched_tiled<kernels::RowTiles<simd::native>>(q, k, v, out, scale, options);
