@@ -32,6 +32,8 @@
 // (plot.py plots the median aggregate when there is one).
 #include <sdpa/config.hpp>
 #include <sdpa/sdpa.hpp>
+
+#include "context.hpp"
 #include <sdpa/simd/simd.hpp>
 #include <sdpa/version.hpp>
 
@@ -354,20 +356,8 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
 
-  benchmark::AddCustomContext("sdpa_version", std::to_string(SDPA_VERSION_MAJOR) + "." +
-                                                  std::to_string(SDPA_VERSION_MINOR) + "." +
-                                                  std::to_string(SDPA_VERSION_PATCH));
-  benchmark::AddCustomContext("sdpa_isa", sdpa::simd::native_name);
-  benchmark::AddCustomContext("sdpa_vector_floats", std::to_string(NativeVec::width));
+  sdpa_bench::add_build_context();
   benchmark::AddCustomContext("heads_per_iteration", std::to_string(kHeads));
-#if SDPA_HAS_OPENMP
-  benchmark::AddCustomContext("openmp_max_threads", std::to_string(omp_get_max_threads()));
-#else
-  benchmark::AddCustomContext("openmp_max_threads", "none (built without OpenMP)");
-#endif
-  benchmark::AddCustomContext("eigen_version", std::to_string(EIGEN_WORLD_VERSION) + "." +
-                                                   std::to_string(EIGEN_MAJOR_VERSION) + "." +
-                                                   std::to_string(EIGEN_MINOR_VERSION));
   benchmark::AddCustomContext("self_check", self_check());
 
   register_all();

@@ -48,6 +48,8 @@
 //   bench_batched --benchmark_filter='stream/read|decode/batched' --benchmark_min_time=0.1
 #include <sdpa/config.hpp>
 #include <sdpa/sdpa.hpp>
+
+#include "context.hpp"
 #include <sdpa/simd/simd.hpp>
 #include <sdpa/version.hpp>
 
@@ -482,16 +484,7 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
 
-  benchmark::AddCustomContext("sdpa_version", std::to_string(SDPA_VERSION_MAJOR) + "." +
-                                                  std::to_string(SDPA_VERSION_MINOR) + "." +
-                                                  std::to_string(SDPA_VERSION_PATCH));
-  benchmark::AddCustomContext("sdpa_isa", sdpa::simd::native_name);
-  benchmark::AddCustomContext("sdpa_vector_floats", std::to_string(NativeVec::width));
-#if SDPA_HAS_OPENMP
-  benchmark::AddCustomContext("openmp_max_threads", std::to_string(omp_get_max_threads()));
-#else
-  benchmark::AddCustomContext("openmp_max_threads", "none (built without OpenMP)");
-#endif
+  sdpa_bench::add_build_context();
   benchmark::AddCustomContext("decode_pool_MiB", std::to_string(kDecodePoolBytes / kMiB));
   benchmark::AddCustomContext("stream_read_MiB", std::to_string(kStreamReadBytes / kMiB));
   benchmark::AddCustomContext("self_check", self_check());

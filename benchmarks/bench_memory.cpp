@@ -31,6 +31,8 @@
 #include <sdpa/config.hpp>
 #include <sdpa/sdpa.hpp>
 
+#include "context.hpp"
+
 #include <benchmark/benchmark.h>
 
 #include <Eigen/Core>
@@ -239,7 +241,7 @@ void register_all() {
 int main(int argc, char** argv) {
   benchmark::Initialize(&argc, argv);
   if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::AddCustomContext("sdpa_isa", sdpa::simd::native_name);
+  sdpa_bench::add_build_context();
   benchmark::AddCustomContext("method", "fork per measurement; VmHWM - VmRSS around one call after clear_refs=5");
   register_all();
   benchmark::RunSpecifiedBenchmarks();
