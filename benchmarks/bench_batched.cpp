@@ -181,22 +181,31 @@ struct StreamArrays {
   }
 };
 
+/// Runs body(first, end) on `threads` threads, each on its own contiguous part of [0, count).
+template <class Body>
+void on_each_thread(int threads, Index count, const Body& body) {
+#if SDPA_HAS_OPENMP
+#pragma omp parallel num_threads(threads)
+  {
+    const auto [first, end] = thread_part(count, omp_get_thread_num(), omp_get_num_threads());
+    body(first, end);
+  }
+#else
+  (void)threads;
+  const auto [first, end] = thread_part(count, 0, 1);
+  body(first, end);
+#endif
+}
+
 void BM_stream_read(benchmark::State& state, int threads) {
   StreamArrays& s = StreamArrays::get_read();
   const float* p = s.read.get();
   const Index count = s.read_count;
   for (auto _ : state) {
-#if SDPA_HAS_OPENMP
-#pragma omp parallel num_threads(threads)
-    {
-      const auto [first, end] = thread_part(count, omp_get_thread_num(), omp_get_num_threads());
-#else
-    {
-      const auto [first, end] = thread_part(count, 0, 1);
-#endif
+    on_each_thread(threads, count, [&](Index first, Index end) {
       NativeVec sum = sum_range(p, first, end);
       benchmark::DoNotOptimize(sum);
-    }
+    });
   }
   set_bandwidth(state, double(kStreamReadBytes));
 }
@@ -210,16 +219,7 @@ void BM_stream_triad(benchmark::State& state, int threads) {
   float scalar = 0.5f;
   for (auto _ : state) {
     benchmark::DoNotOptimize(scalar);
-#if SDPA_HAS_OPENMP
-#pragma omp parallel num_threads(threads)
-    {
-      const auto [first, end] = thread_part(count, omp_get_thread_num(), omp_get_num_threads());
-#else
-    {
-      const auto [first, end] = thread_part(count, 0, 1);
-#endif
-      triad_range(a, b, c, scalar, first, end);
-    }
+    on_each_thread(threads, count, [&](Index first, Index end) { triad_range(a, b, c, scalar, first, end); });
     benchmark::ClobberMemory();
   }
   // STREAM's convention: 3 arrays moved; the write-allocate read of `a` is not counted.

@@ -116,7 +116,7 @@ TEST_CASE("batch masks broadcast over sizes of 1; sequence lengths pad each sequ
           for (Index j = 0; j < M; ++j) mask.allowed(i, j) = mask_storage[std::size_t(h * N * M + i * M + j)] != 0;
         mask.bias = Matrix<double>(1, M);
         for (Index j = 0; j < M; ++j) mask.bias(0, j) = bias_storage[std::size_t(b * M + j)];
-        mask.lengths = {options.sequence_lengths[std::size_t(b)]};
+        mask.lengths.assign(1, options.sequence_lengths[std::size_t(b)]);
         CAPTURE(name(kernel), b, h);
         check_attention(head(o.view, b, h), reference(head(q.view, b, h), head(k.view, b, h), head(v.view, b, h), 1.0 / std::sqrt(8.0), mask),
                         M, d, name(kernel));
@@ -198,7 +198,7 @@ TEST_CASE("grouped-query decoding reads each key/value head once for its group a
           for (Index h = 0; h < Hq; ++h) {
             MaskSpec mask;
             if (padded) {
-              mask.lengths = {1500};
+              mask.lengths.assign(1, 1500);
               mask.allowed = Matrix<bool>(1, M);
               for (Index j = 0; j < M; ++j) mask.allowed(0, j) = mask_storage[std::size_t(b * M + j)] != 0;
             }

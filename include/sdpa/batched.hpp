@@ -123,16 +123,12 @@ void batched_tiled(const TensorView<const T>& q, const TensorView<const T>& k, c
       micros[std::size_t(i)].pack(k.head(i / k.heads, i % k.heads), v.head(i / k.heads, i % k.heads));
   });
 
-  std::vector<HeadMasks> masks;
-  std::vector<TiledHead<Micro, T>> heads;
-  masks.reserve(std::size_t(q.batch * q.heads));
+  std::vector<TiledHead<Micro, T>> heads;  // each keeps its own copy of its masks (views)
   heads.reserve(std::size_t(q.batch * q.heads));
   for (Index b = 0; b < q.batch; ++b)
-    for (Index h = 0; h < q.heads; ++h) {
-      masks.push_back(head_masks<T>(options, b, h));
-      heads.emplace_back(q.head(b, h), out.head(b, h), nullptr, scale, masks.back(), k.tokens,
+    for (Index h = 0; h < q.heads; ++h)
+      heads.emplace_back(q.head(b, h), out.head(b, h), nullptr, scale, head_masks<T>(options, b, h), k.tokens,
                          micros[std::size_t(b * k.heads + h / group)], tiling);
-    }
   const Index tiles = heads.front().tiles();
   parallel_for(Index(heads.size()) * tiles, options, [&](Index first, Index end) {
     for (Index item = first; item < end; ++item) heads[std::size_t(item / tiles)].run_tile(item % tiles);
