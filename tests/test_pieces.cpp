@@ -104,6 +104,7 @@ TEST_CASE("Auto picks the measured fastest path for the type and shape", "[piece
   using sdpa::Kernel;
   using sdpa::detail::resolve_kernel;
   CHECK(resolve_kernel<float>(Kernel::Auto, 8, 16) == Kernel::Reference);  // tiny: no setup wins
+  CHECK(resolve_kernel<float>(Kernel::Auto, 4, 4) == Kernel::Simd);         // up to 4 queries: decode kernels
   CHECK(resolve_kernel<float>(Kernel::Auto, 16, 16) == Kernel::Simd);
   CHECK(resolve_kernel<float>(Kernel::Auto, 4096, 4096) == Kernel::Simd);
   CHECK(resolve_kernel<double>(Kernel::Auto, 1024, 1024) == Kernel::Reference);  // 8 MiB of scores

@@ -37,17 +37,19 @@ MatrixView<T> view_of(Ref<T>& m) {
   return {m.data(), m.rows(), m.cols(), m.outerStride()};
 }
 
-/// The path that runs (README, "Kernels"). Auto's choices were measured (1 thread, AVX-512):
-/// float runs Simd, except for tiny problems (Nq Nk <= 128) where the reference's lack of
-/// setup wins; other types run the reference while its Nq x Nk scores take at most 16 MiB
-/// (1.5-2x faster than Blocked for double at d = 64) and Blocked beyond, so that memory stays
-/// O((Nq + Nk) d). Simd has float microkernels only and runs Blocked otherwise.
+/// The path that runs (README, "Kernels"). Auto's choices were measured with
+/// benchmarks/bench_auto (1 thread, AVX-512): float runs Simd, except for tiny problems with
+/// more than 4 queries (Nq Nk <= 128: at N = 8, d = 64 the reference's lack of setup gives
+/// 20.9 GFLOP/s against 16.5; up to 4 queries Simd's decode microkernels win); other types run
+/// the reference while its Nq x Nk scores take at most 16 MiB (17.9 against Blocked's 11.3 at
+/// N = 1024, d = 64, double) and Blocked beyond, so that memory stays O((Nq + Nk) d). Simd has
+/// float microkernels only and runs Blocked otherwise.
 template <class T>
 Kernel resolve_kernel(Kernel requested, Index nq, Index nk) {
   constexpr bool has_microkernels = std::is_same_v<T, float>;
   if (requested == Kernel::Simd) return has_microkernels ? Kernel::Simd : Kernel::Blocked;
   if (requested != Kernel::Auto) return requested;
-  if (has_microkernels) return nq * nk <= 128 ? Kernel::Reference : Kernel::Simd;
+  if (has_microkernels) return nq > 4 && nq * nk <= 128 ? Kernel::Reference : Kernel::Simd;
   constexpr Index kReferenceScoreBytes = Index(16) << 20;
   return nq * nk * Index(sizeof(T)) <= kReferenceScoreBytes ? Kernel::Reference : Kernel::Blocked;
 }
