@@ -28,6 +28,19 @@ void check_lse(const Vector<T>& lse, const Expected& e, Index nk, Index dk, cons
 }
 
 template <class T>
+MaskSpec some_masks(Index nq, Index nk, std::mt19937_64& gen, int kind);
+
+/// Random Q (nq x d), K (nk x d), V (nk x dv) in precision T, and masks of the given kind.
+template <class T>
+struct Case {
+  Matrix<T> Q, K, V;
+  MaskSpec mask;
+  Case(Index nq, Index nk, Index d, Index dv, std::mt19937_64& gen, int kind)
+      : Q(random_matrix<T>(nq, d, gen, -2, 2)), K(random_matrix<T>(nk, d, gen, -2, 2)), V(random_matrix<T>(nk, dv, gen)),
+        mask(some_masks<T>(nq, nk, gen, kind)) {}
+};
+
+template <class T>
 MaskSpec some_masks(Index nq, Index nk, std::mt19937_64& gen, int kind) {
   MaskSpec mask;
   if (kind == 1) mask.causal = true;
@@ -49,9 +62,9 @@ MaskSpec some_masks(Index nq, Index nk, std::mt19937_64& gen, int kind) {
 TEST_CASE("every path returns each row's log-sum-exp", "[lse]") {
   auto gen = rng(1);
   for (const int kind : {0, 1, 2, 3}) {
-    const Matrix<float> Q = random_matrix<float>(23, 16, gen, -2, 2), K = random_matrix<float>(70, 16, gen, -2, 2),
-                        V = random_matrix<float>(70, 8, gen);
-    const MaskSpec mask = some_masks<float>(23, 70, gen, kind);
+    const Case<float> c(23, 70, 16, 8, gen, kind);
+    const Matrix<float>&Q = c.Q, &K = c.K, &V = c.V;
+    const MaskSpec& mask = c.mask;
     const Expected e = reference(Q, K, V, 0.25, mask);
     for (const sdpa::Kernel kernel : all_kernels()) {
       Matrix<float> out(23, 8);
@@ -68,9 +81,9 @@ TEST_CASE("decoding: one query against thousands of keys (split across threads) 
   for (const Index nk : {Index(1023), Index(1024), Index(3001), Index(8192)})
     for (const Index nq : {Index(1), Index(3)})
       for (const int kind : {0, 1, 2, 3}) {
-        const Matrix<float> Q = random_matrix<float>(nq, 64, gen, -2, 2), K = random_matrix<float>(nk, 64, gen, -2, 2),
-                            V = random_matrix<float>(nk, 64, gen);
-        const MaskSpec mask = some_masks<float>(nq, nk, gen, kind);
+        const Case<float> c(nq, nk, 64, 64, gen, kind);
+        const Matrix<float>&Q = c.Q, &K = c.K, &V = c.V;
+        const MaskSpec& mask = c.mask;
         const Expected e = reference(Q, K, V, 0.125, mask);
         for (const sdpa::Kernel kernel : {sdpa::Kernel::Blocked, sdpa::Kernel::Simd}) {
           CAPTURE(nk, nq, kind);
@@ -137,9 +150,9 @@ TEST_CASE("merging partials over any split of the keys gives attention over the 
 TEST_CASE("weights of any rows, reproduced from their LSE, equal attention_weights", "[lse]") {
   auto gen = rng(4);
   for (const int kind : {0, 1, 2, 3}) {
-    const Matrix<double> Q = random_matrix<double>(17, 8, gen, -2, 2), K = random_matrix<double>(29, 8, gen, -2, 2),
-                         V = random_matrix<double>(29, 4, gen);
-    const MaskSpec mask = some_masks<double>(17, 29, gen, kind);
+    const Case<double> c(17, 29, 8, 4, gen, kind);
+    const Matrix<double>&Q = c.Q, &K = c.K, &V = c.V;
+    const MaskSpec& mask = c.mask;
     const sdpa::Options options = mask.options(sdpa::Kernel::Simd);
     Matrix<double> out(17, 4);
     Vector<double> lse(17);

@@ -155,8 +155,7 @@ Matrix<typename DQ::Scalar> attention_weights_from_lse(const Eigen::MatrixBase<D
   for (Index r = 0; r < lse.size(); ++r) {
     const Index i = first_row + r;
     T* p = weights.row(r).data();
-    for (Index j = 0; j < k.rows(); ++j) p[j] = T(scale) * q.row(i).dot(k.row(j));
-    mask.apply(i, 0, k.rows(), p);
+    kernels::reference_scores(detail::view_of(q), detail::view_of(k), i, scale, mask, p);
     for (Index j = 0; j < k.rows(); ++j) p[j] = std::exp(p[j] - lse(r));  // exp(-inf - x) = 0
     if (lse(r) == -std::numeric_limits<T>::infinity()) weights.row(r).setZero();
   }

@@ -31,22 +31,29 @@ auto row(const MatrixView<T>& view, Index i) {
 constexpr Index kRowsPerTask = 16;  // rows one thread takes at a time
 }  // namespace reference_detail
 
+/// Passes 1 and 2 for query row i: s_j = scale q_i . k_j, then -inf where masked, + bias.
+template <class T>
+void reference_scores(MatrixView<const T> q, MatrixView<const T> k, Index i, double scale,
+                      const detail::MaskPolicy<T>& mask, T* s) {
+  using reference_detail::row;
+  // pass 1: the query against every key, s_j = scale q_i . k_j
+  for (Index j = 0; j < k.rows; ++j) s[j] = T(scale) * row(q, i).dot(row(k, j));
+  // pass 2: masks: forbidden pairs become -inf, the bias is added
+  mask.apply(i, 0, k.rows, s);
+}
+
 /// P = softmax(scale Q K^T + mask), row by row; a row with no visible key is all zeros.
 /// `lse`, when not null, receives each row's log-sum-exp of its masked scores (-inf if none).
 template <class T>
 void reference_weights(MatrixView<const T> q, MatrixView<const T> k, double scale, const detail::HeadMasks& masks,
                        const Options& options, MatrixView<T> weights, T* lse = nullptr) {
-  using reference_detail::row;
   const Index nq = q.rows, nk = k.rows;
   const detail::MaskPolicy<T> mask(masks, nq, nk, T(1));
   const Index tasks = (nq + reference_detail::kRowsPerTask - 1) / reference_detail::kRowsPerTask;
   detail::parallel_for(tasks, options, [&](Index first, Index end) {
     for (Index i = first * reference_detail::kRowsPerTask; i < std::min(nq, end * reference_detail::kRowsPerTask); ++i) {
       T* s = weights.row(i);
-      // pass 1: the query against every key, s_j = scale q_i . k_j
-      for (Index j = 0; j < nk; ++j) s[j] = T(scale) * row(q, i).dot(row(k, j));
-      // pass 2: masks: forbidden pairs become -inf, the bias is added
-      mask.apply(i, 0, nk, s);
+      reference_scores(q, k, i, scale, mask, s);  // passes 1 and 2
       // pass 3: the row's max, subtracted so that exp cannot overflow (softmax is shift-invariant)
       T row_max = -std::numeric_limits<T>::infinity();
       for (Index j = 0; j < nk; ++j) row_max = std::max(row_max, s[j]);
