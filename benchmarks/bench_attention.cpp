@@ -1,11 +1,16 @@
 // bench_attention.cpp - attention throughput in GFLOP/s, beside the machine's ceilings.
 //
 // Every figure here is meant to be read as a ratio against a baseline measured in the same
-// run (DESIGN.md §4: the machines are shared and noisy). Registered side by side, per shape:
+// run (docs/design.md, "Performance model": the machines are shared and noisy). Registered side by side, per shape:
 //
-//   fma_peak/threads:T                              the fp32 FMA ceiling (independent FMA chains)
+//   fma_peak/ISA/threads:T                          the fp32 FMA ceiling of each ISA the CPU has
+//                                                   (independent FMA chains on its vectors)
 //   sgemm/N:n/d:d/threads:T                         Eigen GEMM, same FLOPs and shape as attention
-//   attention/simd/N:n/d:d/causal:c/threads:T       sdpa, Kernel::Simd
+//   attention/simd/N:n/d:d/causal:c/threads:T       sdpa, Kernel::Simd, built with this file's -march
+//   attention/simd_dispatch/...                     the same, built for baseline x86-64 with
+//                                                   SDPA_DISPATCH (dispatch_build.cpp): its own pick
+//   attention/simd_dispatch_avx2/...                that build's AVX2 kernels (on an AVX-512 CPU),
+//                                                   to read against fma_peak/avx2
 //   attention/blocked/...                           sdpa, Kernel::Blocked (portable scalar tiles)
 //   attention/reference/...                         sdpa, Kernel::Reference (materialised scores)
 //   attention/eigen_typical/N:n/d:d/causal:0/...    unfused Eigen, fresh temporaries, as people write it
@@ -34,7 +39,10 @@
 #include <sdpa/sdpa.hpp>
 
 #include "context.hpp"
-#include <sdpa/simd/simd.hpp>
+#include "dispatch_build.hpp"
+#ifndef SDPA_BENCH_DISPATCH
+#define SDPA_BENCH_DISPATCH 0  // 1 when dispatch_build.cpp is linked in (x86-64, GCC or Clang)
+#endif
 #include <sdpa/version.hpp>
 
 #include <benchmark/benchmark.h>
@@ -44,11 +52,15 @@
 #if SDPA_HAS_OPENMP
 #include <omp.h>
 #endif
+#if SDPA_ARCH_X86_64
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -155,6 +167,24 @@ void BM_sdpa(benchmark::State& state, std::string path, Index n, Index d, bool c
   set_gflops(state, attention_flops(n, d, causal));
 }
 
+#if SDPA_BENCH_DISPATCH
+void BM_sdpa_dispatch(benchmark::State& state, const char* isa, Index n, Index d, bool causal, int threads) {
+  set_threads(threads);
+  Workspace& w = Workspace::get(n, d);
+  const DispatchHeads call{w.q.data(), w.k.data(), w.v.data(), w.out.data(), long(n), long(d), 1, causal, threads};
+  dispatch_build_attention(call, isa);  // warm-up, as in BM_sdpa
+  DispatchHeads all = call;
+  all.heads = kHeads;
+  const char* ran = nullptr;
+  for (auto _ : state) {
+    ran = dispatch_build_attention(all, isa);
+    benchmark::ClobberMemory();
+  }
+  state.SetLabel(ran);
+  set_gflops(state, attention_flops(n, d, causal));
+}
+#endif
+
 // ---------------------------------------------------------------------------------------
 // (c) unfused Eigen as typically written: every intermediate is a fresh matrix each call.
 
@@ -235,15 +265,37 @@ void BM_sgemm(benchmark::State& state, Index n, Index d, int threads) {
 }
 
 // ---------------------------------------------------------------------------------------
-// (a) the fp32 FMA ceiling: per thread, kChains independent accumulators on the widest
-// vector, each step one FMA per chain. Two FMA pipes x 4-cycle latency need >= 8 FMAs in
-// flight; 16 chains leave room for a 5-6 cycle latency and stay within 32 zmm registers.
+// (a) the fp32 FMA ceiling of each ISA: per thread, kChains independent accumulators on its
+// vectors, each step one FMA per chain. Two FMA pipes x 4-cycle latency need >= 8 FMAs in
+// flight; 16 chains leave room for a 5-6 cycle latency and stay within 32 zmm registers (on
+// AVX2 they take all 16 ymm: the compiler keeps them there, as the loop needs nothing else).
+// Written with each ISA's intrinsics and target attributes, so that one binary measures the
+// AVX2 ceiling on an AVX-512 machine too.
 
-using NativeVec = sdpa::simd::Vec<float, sdpa::simd::native>;
 constexpr int kChains = 16;
 constexpr long kSteps = 1L << 16;  // 2^20 vector FMAs per thread per iteration: ~0.12 ms, >> fork/join
 
-NativeVec fma_chains(float multiplier, float addend) {
+#if SDPA_ARCH_X86_64 && (defined(__GNUC__) || defined(__clang__))
+#define SDPA_BENCH_FMA_CHAINS(name, features, Reg, set1, fmadd, add, floats)               \
+  __attribute__((target(features))) float name(float multiplier, float addend) {        \
+    Reg acc[kChains];                                                                   \
+    const Reg a = set1(multiplier), b = set1(addend);                                   \
+    for (int c = 0; c < kChains; ++c) acc[c] = set1(float(c));                          \
+    for (long step = 0; step < kSteps; ++step) {                                        \
+      _Pragma("GCC unroll 16") for (int c = 0; c < kChains; ++c) acc[c] = fmadd(acc[c], a, b); \
+    }                                                                                   \
+    Reg sum = acc[0];                                                                   \
+    for (int c = 1; c < kChains; ++c) sum = add(sum, acc[c]);                           \
+    float lanes[floats];                                                                \
+    std::memcpy(lanes, &sum, sizeof lanes);                                             \
+    return lanes[0];                                                                    \
+  }
+SDPA_BENCH_FMA_CHAINS(fma_chains_avx512, "avx512f", __m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, 16)
+SDPA_BENCH_FMA_CHAINS(fma_chains_avx2, "avx2,fma", __m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, 8)
+#endif
+
+float fma_chains_native(float multiplier, float addend) {  // the build's own vectors (any architecture)
+  using sdpa_bench::NativeVec;
   NativeVec acc[kChains];
   const NativeVec a = NativeVec::broadcast(multiplier), b = NativeVec::broadcast(addend);
   for (int c = 0; c < kChains; ++c) acc[c] = NativeVec::broadcast(float(c));
@@ -253,10 +305,12 @@ NativeVec fma_chains(float multiplier, float addend) {
   }
   NativeVec sum = acc[0];
   for (int c = 1; c < kChains; ++c) sum = sum + acc[c];
-  return sum;  // not reduce_add(): GCC 12 warns (falsely) inside _mm512_reduce_add_ps here
+  float lanes[NativeVec::width];
+  sum.store(lanes);
+  return lanes[0];
 }
 
-void BM_fma_peak(benchmark::State& state, int threads) {
+void BM_fma_peak(benchmark::State& state, float (*chains)(float, float), int floats, int threads) {
   float multiplier = 0.5f, addend = 0.25f;
   for (auto _ : state) {
     // The inputs are opaque to the compiler and the result is consumed: nothing folds away.
@@ -266,11 +320,27 @@ void BM_fma_peak(benchmark::State& state, int threads) {
 #pragma omp parallel num_threads(threads)
 #endif
     {
-      NativeVec result = fma_chains(multiplier, addend);
+      float result = chains(multiplier, addend);
       benchmark::DoNotOptimize(result);
     }
   }
-  set_gflops(state, 2.0 * NativeVec::width * double(kChains) * double(kSteps) * threads);
+  set_gflops(state, 2.0 * floats * double(kChains) * double(kSteps) * threads);
+}
+
+/// Every FMA ceiling this CPU has: (name, chains, floats per vector).
+struct FmaPeak {
+  const char* isa;
+  float (*chains)(float, float);
+  int floats;
+};
+std::vector<FmaPeak> fma_peaks() {
+  std::vector<FmaPeak> peaks;
+#if SDPA_ARCH_X86_64 && (defined(__GNUC__) || defined(__clang__))
+  if (sdpa::cpu_supports(sdpa::Isa::avx512)) peaks.push_back({"avx512", fma_chains_avx512, 16});
+  if (sdpa::cpu_supports(sdpa::Isa::avx2)) peaks.push_back({"avx2", fma_chains_avx2, 8});
+#endif
+  if (peaks.empty()) peaks.push_back({sdpa::isa_name(sdpa::isa()), fma_chains_native, sdpa_bench::NativeVec::width});
+  return peaks;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -283,11 +353,14 @@ void BM_fma_peak(benchmark::State& state, int threads) {
 // before 4096, where 8 heads would take seconds per iteration, so they stop at N = 2048 (the
 // shape quoted side by side).
 constexpr Index kSlowPathMaxN = 2048;
+constexpr Index kDispatchMinN = 1024;
 
 void register_all() {
-  for (int threads : kThreads)
-    benchmark::RegisterBenchmark(("fma_peak/threads:" + std::to_string(threads)).c_str(), BM_fma_peak, threads)
-        ->UseRealTime();
+  for (const FmaPeak& peak : fma_peaks())
+    for (int threads : kThreads)
+      benchmark::RegisterBenchmark(("fma_peak/" + std::string(peak.isa) + "/threads:" + std::to_string(threads)).c_str(),
+                                   BM_fma_peak, peak.chains, peak.floats, threads)
+          ->UseRealTime();
 
   for (Index n : kSizes)
     for (Index d : kHeadDims)
@@ -303,6 +376,18 @@ void register_all() {
                                          threads)
                 ->UseRealTime();
           }
+#if SDPA_BENCH_DISPATCH
+          // The dispatch build beside the -march one, from the sizes where the kernels dominate.
+          if (n >= kDispatchMinN) {
+            benchmark::RegisterBenchmark(("attention/simd_dispatch/" + tail).c_str(), BM_sdpa_dispatch, nullptr, n, d,
+                                         causal, threads)
+                ->UseRealTime();
+            if (sdpa::cpu_supports(sdpa::Isa::avx512))  // otherwise simd_dispatch already runs AVX2
+              benchmark::RegisterBenchmark(("attention/simd_dispatch_avx2/" + tail).c_str(), BM_sdpa_dispatch, "avx2",
+                                           n, d, causal, threads)
+                  ->UseRealTime();
+          }
+#endif
           // The unfused baselines compute every pair whatever the mask: causal would only
           // add a masking pass to the same work, so they are measured non-causal only.
           if (causal) continue;

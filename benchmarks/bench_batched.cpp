@@ -2,7 +2,7 @@
 // against a KV cache, and grouped-query heads, beside the machine's memory bandwidth.
 //
 // Every figure here is meant to be read as a ratio against a baseline measured in the same
-// run (DESIGN.md §4: the machines are shared and noisy). Registered side by side:
+// run (docs/design.md, "Performance model": the machines are shared and noisy). Registered side by side:
 //
 //   stream/read/threads:T                                  sum of a 512 MiB array: the read-bandwidth ceiling
 //   stream/triad/threads:T                                 a = b + s c over 3 x 128 MiB (STREAM's triad)
@@ -50,7 +50,6 @@
 #include <sdpa/sdpa.hpp>
 
 #include "context.hpp"
-#include <sdpa/simd/simd.hpp>
 #include <sdpa/version.hpp>
 
 #include <benchmark/benchmark.h>
@@ -74,7 +73,7 @@ namespace {
 using sdpa::Index;
 using ConstView = sdpa::TensorView<const float>;
 using View = sdpa::TensorView<float>;
-using NativeVec = sdpa::simd::Vec<float, sdpa::simd::native>;
+using sdpa_bench::NativeVec;
 
 constexpr std::size_t kMiB = std::size_t(1) << 20;
 const std::vector<int> kThreads = {1, 2};  // the machine has 2 cores

@@ -1,6 +1,6 @@
 // bench_memory.cpp - the extra peak memory of one attention call, as the OS sees it.
 //
-// DESIGN.md §4: the Blocked and Simd paths never hold an Nq x Nk matrix; their extra memory
+// docs/design.md, "Performance model": the Blocked and Simd paths never hold an Nq x Nk matrix; their extra memory
 // is O((Nq + Nk) d) per thread. The Reference path materialises the N x N scores. This binary
 // shows both, at one head, non-causal, d = 64:
 //

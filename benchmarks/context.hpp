@@ -4,6 +4,7 @@
 #include <benchmark/benchmark.h>
 #include <sdpa/sdpa.hpp>
 
+#include <fstream>
 #include <string>
 
 #if SDPA_HAS_OPENMP
@@ -12,15 +13,47 @@
 
 namespace sdpa_bench {
 
-/// sdpa's version, the ISA and vector width it was built for, OpenMP's thread count and
-/// Eigen's version, as Google Benchmark context: they land in the JSON beside the results.
+/// The vector type of this build's own flags, for the benchmarks' own loops (the FMA peak,
+/// the STREAM-like read).
+#if SDPA_BUILD_AVX512
+using NativeVec = sdpa::simd::Vec<float, sdpa::simd::avx512>;
+#elif SDPA_BUILD_AVX2
+using NativeVec = sdpa::simd::Vec<float, sdpa::simd::avx2>;
+#elif SDPA_BUILD_NEON
+using NativeVec = sdpa::simd::Vec<float, sdpa::simd::neon>;
+#else
+using NativeVec = sdpa::simd::Vec<float, sdpa::simd::scalar>;
+#endif
+
+/// The CPU's model name (/proc/cpuinfo on Linux), or "unknown".
+inline std::string cpu_model() {
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  for (std::string line; std::getline(cpuinfo, line);)
+    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos)
+      return line.substr(line.find(':') + 2);
+  return "unknown";
+}
+
+/// The ISAs of this architecture that the CPU supports, widest first.
+inline std::string cpu_isas() {
+  std::string names;
+  for (const sdpa::Isa isa : {sdpa::Isa::avx512, sdpa::Isa::avx2, sdpa::Isa::neon, sdpa::Isa::scalar})
+    if (sdpa::cpu_supports(isa)) names += std::string(names.empty() ? "" : ", ") + sdpa::isa_name(isa);
+  return names;
+}
+
+/// sdpa's version, the CPU and its ISAs, the ISA whose kernels run and its vector width,
+/// OpenMP's thread count and Eigen's version, as Google Benchmark context: they land in the
+/// JSON beside the results (the development machines differ: a figure needs its machine).
 inline void add_build_context() {
   benchmark::AddCustomContext("sdpa_version", std::to_string(SDPA_VERSION_MAJOR) + "." +
                                                   std::to_string(SDPA_VERSION_MINOR) + "." +
                                                   std::to_string(SDPA_VERSION_PATCH));
-  benchmark::AddCustomContext("sdpa_isa", sdpa::simd::native_name);
-  benchmark::AddCustomContext("sdpa_vector_floats",
-                              std::to_string(sdpa::simd::Vec<float, sdpa::simd::native>::width));
+  benchmark::AddCustomContext("cpu_model", cpu_model());
+  benchmark::AddCustomContext("cpu_isas", cpu_isas());
+  benchmark::AddCustomContext("sdpa_isa", sdpa::isa_name(sdpa::isa()));
+  benchmark::AddCustomContext("sdpa_mode", SDPA_DISPATCH ? "dispatch" : "static (the build's -march)");
+  benchmark::AddCustomContext("sdpa_vector_floats", std::to_string(sdpa::kernels::microkernels(sdpa::isa()).width));
 #if SDPA_HAS_OPENMP
   benchmark::AddCustomContext("openmp_max_threads", std::to_string(omp_get_max_threads()));
 #else

@@ -2,6 +2,10 @@
 //
 // Every random input in the tests derives from one seed: SDPA_TEST_SEED=<n> reproduces a run,
 // otherwise a fresh seed is drawn and printed first.
+//
+// The kernels under test are those of sdpa::isa(): SDPA_ISA=<isa> picks them. When the build
+// has that ISA but this CPU does not, the run exits with kSkipped, which CTest reports as
+// "Skipped" under the test's name (SKIP_RETURN_CODE in tests/CMakeLists.txt).
 #if __has_include(<catch2/catch_session.hpp>)
 #include <catch2/catch_session.hpp>
 #else
@@ -11,9 +15,15 @@
 
 #include "support.hpp"
 
+#include <sdpa/isa.hpp>
+
 #include <cstdio>
 #include <cstdlib>
 #include <random>
+
+namespace {
+constexpr int kSkipped = 77;
+}
 
 int main(int argc, char* argv[]) {
   std::uint64_t seed;
@@ -26,5 +36,12 @@ int main(int argc, char* argv[]) {
   sdpa_test::set_seed(seed);
   std::printf("sdpa tests: random seed %llu (rerun with SDPA_TEST_SEED=%llu)\n", (unsigned long long)seed,
               (unsigned long long)seed);
+  try {
+    std::printf("sdpa tests: kernels of %s (compiled: %s)\n", sdpa::isa_name(sdpa::isa()),
+                sdpa::detail::isa_list().c_str());
+  } catch (const sdpa::unsupported_cpu& e) {
+    std::printf("SKIPPED: %s\n", e.what());
+    return kSkipped;
+  }
   return Catch::Session().run(argc, argv);
 }

@@ -154,3 +154,34 @@ TEST_CASE("projections and layers name the weights at fault", "[errors]") {
   options.mask = mask;
   require_invalid([&] { (void)layer.forward(Matrix<float>::Ones(5, 8), options); }, {"options.mask is 5x4", "5x5"});
 }
+
+TEST_CASE("a 2-D call refuses the batched masks it cannot honour", "[errors]") {
+  // Silently ignoring them would attend where the caller asked not to.
+  const Matrix<bool> allow = Matrix<bool>::Constant(4, 6, false);
+  const std::vector<float> bias(4 * 6, 0.0f);
+  for (int which = 0; which < 3; ++which) {
+    sdpa::Options options;
+    const char* field = nullptr;
+    if (which == 0) {
+      options.batch_mask = sdpa::TensorView<const bool>::bhnd(allow.data(), 1, 1, 4, 6);
+      field = "options.batch_mask";
+    } else if (which == 1) {
+      options.batch_bias = sdpa::TensorView<const float>::bhnd(bias.data(), 1, 1, 4, 6);
+      field = "options.batch_bias";
+    } else {
+      options.sequence_lengths = {3};
+      field = "options.sequence_lengths";
+    }
+    CAPTURE(field);
+    require_invalid_untouched(Inputs{}, options, {field, "batched calls", "options.mask"});
+    Inputs in;
+    require_invalid([&] { (void)sdpa::attention_weights(in.Q, in.K, options); }, {field});
+    const sdpa::Vector<float> lse = sdpa::Vector<float>::Zero(4);
+    require_invalid([&] { (void)sdpa::attention_weights_from_lse(in.Q, in.K, lse, 0, options); }, {field});
+    const auto layer = sdpa::SelfAttention<float>::random(8, 2, 1);
+    require_invalid([&] { (void)layer.forward(in.Q, options); }, {"SelfAttention::forward", field});
+    sdpa::KVCache<float> cache(1, 2, 4, 4, 16);
+    require_invalid([&] { (void)layer.step(in.Q, cache, 0, options); }, {"SelfAttention::step", field});
+    CHECK(cache.length(0) == 0);  // refused before the cache was touched
+  }
+}

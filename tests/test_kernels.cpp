@@ -4,7 +4,6 @@
 #include "catch.hpp"
 #include "support.hpp"
 
-#include <sdpa/kernels/simd.hpp>
 
 #include <thread>
 
@@ -188,22 +187,31 @@ TEST_CASE("empty sequences: no queries gives an empty output, no keys gives zero
   }
 }
 
-TEST_CASE("the scalar fallback of the SIMD path, forced on any machine", "[kernels]") {
+TEST_CASE("the SIMD path of every ISA this build and CPU have, in one run", "[kernels]") {
+  // CTest runs each [kernels] case once per ISA (SDPA_ISA); this one switches with set_isa
+  // in one process, as a program choosing its kernels at run time would.
   auto gen = rng(800);
-  for (const bool causal : {false, true})
-    for (const Index d : {Index(1), Index(5), Index(16), Index(64)}) {
-      const Matrix<float> Q = random_matrix<float>(23, d, gen), K = random_matrix<float>(41, d, gen),
-                          V = random_matrix<float>(41, d + 3, gen);
-      MaskSpec mask;
-      mask.causal = causal;
-      const double scale = 1.0 / std::sqrt(double(d));
-      const sdpa::Options options = mask.options();
-      Matrix<float> out(23, d + 3);
-      sdpa::kernels::simd_attention<sdpa::simd::scalar>(sdpa::MatrixView<const float>(Q), K, V,
-                                                        sdpa::MatrixView<float>(out), scale,
-                                                        sdpa::detail::HeadMasks::of(options), options);
-      check_attention(out, reference(Q, K, V, scale, mask), 41, d, "Simd<scalar>");
+  const sdpa::Isa chosen = sdpa::isa();
+  for (const sdpa::Isa isa : sdpa::compiled_isas()) {
+    if (!sdpa::cpu_supports(isa)) {
+      WARN("not run on this CPU: " << sdpa::isa_name(isa));
+      continue;
     }
+    sdpa::set_isa(isa);
+    REQUIRE(sdpa::isa() == isa);
+    for (const bool causal : {false, true})
+      for (const Index d : {Index(1), Index(5), Index(16), Index(64)}) {
+        const Matrix<float> Q = random_matrix<float>(23, d, gen), K = random_matrix<float>(41, d, gen),
+                            V = random_matrix<float>(41, d + 3, gen);
+        MaskSpec mask;
+        mask.causal = causal;
+        sdpa::Options options = mask.options(sdpa::Kernel::Simd);
+        const Matrix<float> out = sdpa::attention(Q, K, V, options);
+        check_attention(out, reference(Q, K, V, 1.0 / std::sqrt(double(d)), mask), 41, d,
+                        std::string("Simd<") + sdpa::isa_name(isa) + ">");
+      }
+  }
+  sdpa::set_isa(chosen);
 }
 
 TEST_CASE("results do not depend on the thread count or the thread pool", "[kernels][threads]") {

@@ -2,10 +2,7 @@
 #include "catch.hpp"
 #include "support.hpp"
 
-#include <sdpa/detail/mask_policy.hpp>
-#include <sdpa/detail/online_softmax.hpp>
-#include <sdpa/kernels/block_config.hpp>
-#include <sdpa/simd/simd.hpp>
+#include <sdpa/attention.hpp>
 
 using namespace sdpa_test;
 
@@ -19,7 +16,7 @@ TEST_CASE("online softmax over tiles equals softmax over the whole row", "[piece
   const Index n = 50;
   const Matrix<double> s = random_matrix<double>(1, n, gen, -20, 20);
   for (const Index tile : {Index(1), Index(3), Index(7), Index(50)}) {
-    sdpa::detail::OnlineSoftmaxRow<Scalar1> row;
+    sdpa::kernels::scalar::OnlineSoftmaxRow<Scalar1> row;
     std::vector<double> scratch;
     double value = 0;  // an accumulator of sum_j p_j * j, rescaled as the kernels do
     for (Index j0 = 0; j0 < n; j0 += tile) {
@@ -41,7 +38,7 @@ TEST_CASE("online softmax over tiles equals softmax over the whole row", "[piece
 }
 
 TEST_CASE("online softmax: a fully masked row stays at zero weight, never NaN", "[pieces]") {
-  sdpa::detail::OnlineSoftmaxRow<Scalar1> row;
+  sdpa::kernels::scalar::OnlineSoftmaxRow<Scalar1> row;
   const double inf = std::numeric_limits<double>::infinity();
   std::vector<double> tile{-inf, -inf, -inf};
   CHECK(row.absorb(tile.data(), 3, libm_exp2) == 1.0);
@@ -85,10 +82,18 @@ TEST_CASE("mask policy: key_end combines causal and key lengths; apply masks and
 }
 
 TEST_CASE("tiling: defaults fit the caches, forced sizes are kept", "[pieces]") {
-  const auto t = sdpa::kernels::choose_tiling({}, 4096, 4096, 64, 64, 4, 64, 6);
+  constexpr Index kL1 = 32 * 1024;
+  const auto t = sdpa::kernels::choose_tiling({}, 4096, 4096, 64, 64, 4, 64, 6, kL1);
   CHECK(t.key_rows == 64);                          // one fused microkernel width
-  CHECK(t.key_rows * (64 + 64) * 4 <= 32 * 1024);   // K and V tiles in L1
+  CHECK(t.key_rows * (64 + 64) * 4 <= kL1);         // K and V tiles in L1
   CHECK(t.query_rows == 48);                        // 8 microkernel heights
+  const auto d16 = sdpa::kernels::choose_tiling({}, 4096, 4096, 16, 16, 4, 16, 6, kL1);
+  CHECK(d16.key_rows == 256);                       // capped: 32 KiB would hold 256 keys exactly
+  const auto d8_big_l1 = sdpa::kernels::choose_tiling({}, 4096, 4096, 8, 8, 4, 16, 6, 2 * kL1);
+  CHECK(d8_big_l1.key_rows == 256);                // the cap holds for larger caches too
+  const auto d64_big_l1 = sdpa::kernels::choose_tiling({}, 4096, 4096, 64, 64, 4, 16, 6, 2 * kL1);
+  CHECK(d64_big_l1.key_rows == 128);                // a 64 KiB L1 holds twice the keys
+  CHECK(sdpa::kernels::l1_data_cache_bytes() >= 4096);  // the OS's figure, or 32 KiB
   const auto small = sdpa::kernels::choose_tiling({}, 10, 10, 64, 64, 4, 64, 6);
   CHECK(small.query_rows == 6);  // short sequences still split into tiles for the threads
   CHECK(small.key_rows == 10);   // never wider than the keys
@@ -104,7 +109,8 @@ TEST_CASE("Auto picks the measured fastest path for the type and shape", "[piece
   using sdpa::Kernel;
   using sdpa::detail::resolve_kernel;
   CHECK(resolve_kernel<float>(Kernel::Auto, 8, 16) == Kernel::Reference);  // tiny: no setup wins
-  CHECK(resolve_kernel<float>(Kernel::Auto, 4, 4) == Kernel::Simd);         // up to 4 queries: decode kernels
+  CHECK(resolve_kernel<float>(Kernel::Auto, sdpa::kernels::kDecodeRows, 4) == Kernel::Simd);  // decode kernels
+  CHECK(resolve_kernel<float>(Kernel::Auto, sdpa::kernels::kDecodeRows + 1, 4) == Kernel::Reference);
   CHECK(resolve_kernel<float>(Kernel::Auto, 16, 16) == Kernel::Simd);
   CHECK(resolve_kernel<float>(Kernel::Auto, 4096, 4096) == Kernel::Simd);
   CHECK(resolve_kernel<double>(Kernel::Auto, 1024, 1024) == Kernel::Reference);  // 8 MiB of scores

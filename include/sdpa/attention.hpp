@@ -2,9 +2,9 @@
 #pragma once
 
 #include "detail/validate.hpp"
-#include "kernels/blocked.hpp"
+#include "isa.hpp"
 #include "kernels/reference.hpp"
-#include "kernels/simd.hpp"
+#include "kernels/targets.hpp"
 #include "options.hpp"
 
 #include <Eigen/Core>
@@ -13,7 +13,7 @@
 #include <limits>
 #include <type_traits>
 
-namespace sdpa {
+SDPA_BEGIN_NAMESPACE
 
 template <class T>
 using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -39,31 +39,37 @@ MatrixView<T> view_of(Ref<T>& m) {
 
 /// The path that runs (README, "Kernels"). Auto's choices were measured with
 /// benchmarks/bench_auto (1 thread, AVX-512): float runs Simd, except for tiny problems with
-/// more than 4 queries (Nq Nk <= 128: at N = 8, d = 64 the reference's lack of setup gives
-/// 20.9 GFLOP/s against 16.5; up to 4 queries Simd's decode microkernels win); other types run
-/// the reference while its Nq x Nk scores take at most 16 MiB (17.9 against Blocked's 11.3 at
-/// N = 1024, d = 64, double) and Blocked beyond, so that memory stays O((Nq + Nk) d). Simd has
-/// float microkernels only and runs Blocked otherwise.
+/// more than kDecodeRows queries (Nq Nk <= 128: at N = 8, d = 64 the reference's lack of setup
+/// gives 20.9 GFLOP/s against 16.5; up to kDecodeRows queries Simd's decode microkernels win);
+/// other types run the reference while its Nq x Nk scores take at most 16 MiB (17.9 against
+/// Blocked's 11.3 at N = 1024, d = 64, double) and Blocked beyond, so that memory stays
+/// O((Nq + Nk) d). Simd has float microkernels only and runs Blocked otherwise.
 template <class T>
 Kernel resolve_kernel(Kernel requested, Index nq, Index nk) {
   constexpr bool has_microkernels = std::is_same_v<T, float>;
   if (requested == Kernel::Simd) return has_microkernels ? Kernel::Simd : Kernel::Blocked;
   if (requested != Kernel::Auto) return requested;
-  if (has_microkernels) return nq > 4 && nq * nk <= 128 ? Kernel::Reference : Kernel::Simd;
+  if (has_microkernels) return nq > kernels::kDecodeRows && nq * nk <= 128 ? Kernel::Reference : Kernel::Simd;
   constexpr Index kReferenceScoreBytes = Index(16) << 20;
   return nq * nk * Index(sizeof(T)) <= kReferenceScoreBytes ? Kernel::Reference : Kernel::Blocked;
 }
 
-/// Runs the chosen kernel on validated inputs, with the masks of this head.
+/// Runs the chosen kernel on validated inputs, with the masks of this head: the tiled paths
+/// in the target of the ISA that runs (sdpa::isa()); Blocked always in the scalar target,
+/// which is compiled with the build's own flags.
 template <class T>
 void dispatch(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out, T* lse,
               double scale, const HeadMasks& masks, const Options& options) {
+  const Isa isa = sdpa::isa();  // the first call checks the CPU here, before any kernel runs
   switch (resolve_kernel<T>(options.kernel, q.rows, k.rows)) {
     case Kernel::Reference: return kernels::reference_attention(q, k, v, out, scale, masks, options, lse);
     case Kernel::Simd:
-      if constexpr (std::is_same_v<T, float>) return kernels::simd_attention(q, k, v, out, scale, masks, options, lse);
+      if constexpr (std::is_same_v<T, float>)
+        return kernels::with_target(isa, [&](auto target) {
+          decltype(target)::simd_head(q, k, v, out, lse, scale, masks, options);
+        });
       [[fallthrough]];
-    default: return kernels::blocked_attention(q, k, v, out, scale, masks, options, lse);
+    default: return kernels::scalar::Target::blocked_head<T>(q, k, v, out, lse, scale, masks, options);
   }
 }
 
@@ -73,6 +79,7 @@ template <class T>
 void run_attention(const char* function, MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v,
                    MatrixView<T> out, const Options& options, T* lse = nullptr) {
   validate_attention(function, q.rows, q.cols, k.rows, k.cols, &v.rows, &v.cols, options);
+  reject_batched_options(function, options);
   validate_output(function, out, q.rows, v.cols, {{"Q", q}, {"K", k}, {"V", v}});
   dispatch(q, k, v, out, lse, resolve_scale(function, options, q.cols), HeadMasks::of(options), options);
 }
@@ -146,6 +153,7 @@ Matrix<typename DQ::Scalar> attention_weights_from_lse(const Eigen::MatrixBase<D
   const ConstRef<T> q(Q.derived()), k(K.derived());
   const char* fn = "attention_weights_from_lse";
   detail::validate_attention(fn, q.rows(), q.cols(), k.rows(), k.cols(), nullptr, nullptr, options);
+  detail::reject_batched_options(fn, options);
   if (first_row < 0 || first_row + lse.size() > q.rows())
     detail::fail(fn, "rows [", first_row, ", ", first_row + lse.size(), ") are not all rows of Q (",
                  detail::shape(q.rows(), q.cols()), ")");
@@ -190,6 +198,7 @@ Matrix<typename DQ::Scalar> attention_weights(const Eigen::MatrixBase<DQ>& Q, co
   static_assert(std::is_same_v<T, typename DK::Scalar>, "sdpa::attention_weights: Q and K must have the same scalar type");
   const ConstRef<T> q(Q.derived()), k(K.derived());
   detail::validate_attention("attention_weights", q.rows(), q.cols(), k.rows(), k.cols(), nullptr, nullptr, options);
+  detail::reject_batched_options("attention_weights", options);
   const double scale = detail::resolve_scale("attention_weights", options, q.cols());
   Matrix<T> weights(q.rows(), k.rows());
   kernels::reference_weights(detail::view_of(q), detail::view_of(k), scale, detail::HeadMasks::of(options), options,
@@ -197,4 +206,4 @@ Matrix<typename DQ::Scalar> attention_weights(const Eigen::MatrixBase<DQ>& Q, co
   return weights;
 }
 
-}  // namespace sdpa
+SDPA_END_NAMESPACE

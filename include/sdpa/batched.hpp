@@ -6,7 +6,7 @@
 
 #include <vector>
 
-namespace sdpa {
+SDPA_BEGIN_NAMESPACE
 
 namespace detail {
 
@@ -84,94 +84,6 @@ void validate_batched(const TensorView<const T>& q, const TensorView<const T>& k
   }
 }
 
-/// The masks of head h of sequence b: slices of the batched masks, or the 2-D ones.
-template <class T>
-HeadMasks head_masks(const Options& options, Index b, Index h) {
-  HeadMasks masks = HeadMasks::of(options);
-  if (!options.sequence_lengths.empty()) {
-    masks.lengths = &options.sequence_lengths[std::size_t(b)];
-    masks.length_count = 1;
-  }
-  const auto slice = [&](const auto& t) {
-    return t.head(t.batch == 1 ? 0 : b, t.heads == 1 ? 0 : h);  // rows == 1 broadcasts over queries
-  };
-  if (!options.batch_mask.empty()) masks.mask = slice(options.batch_mask);
-  if (!options.batch_bias.empty()) masks.bias = Bias(MatrixView<const float>(slice(options.batch_bias)));
-  return masks;
-}
-
-/// All heads' query tiles as one pool of work items, so that threads share batch x heads x
-/// tiles; K (and V) of each key/value head are packed once, shared by its query heads.
-template <class Micro, class T>
-void batched_tiled(const TensorView<const T>& q, const TensorView<const T>& k, const TensorView<const T>& v,
-                   const TensorView<T>& out, double scale, const Options& options) {
-  using kernels::TiledHead;
-  const Index group = q.heads / k.heads;  // query heads per key/value head
-  const kernels::Tiling tiling = kernels::choose_tiling(options.blocks, q.tokens, k.tokens, q.features, v.features,
-                                                        Index(sizeof(T)), Micro::key_multiple, Micro::row_multiple);
-  const Index kv_heads = q.batch * k.heads;
-  const Index packed_size = Micro::packed_size(k.head(0, 0), v.head(0, 0), tiling);
-  const ScratchLease<T, Slot::Packed> packed(kv_heads * packed_size);
-
-  std::vector<Micro> micros;  // one per (batch, kv head), packed in parallel
-  micros.reserve(std::size_t(kv_heads));
-  for (Index i = 0; i < kv_heads; ++i)
-    micros.emplace_back(k.head(i / k.heads, i % k.heads), v.head(i / k.heads, i % k.heads), tiling,
-                        packed.data() + i * packed_size);
-  parallel_for(kv_heads, options, [&](Index first, Index end) {
-    for (Index i = first; i < end; ++i)
-      micros[std::size_t(i)].pack(k.head(i / k.heads, i % k.heads), v.head(i / k.heads, i % k.heads));
-  });
-
-  std::vector<TiledHead<Micro, T>> heads;  // each keeps its own copy of its masks (views)
-  heads.reserve(std::size_t(q.batch * q.heads));
-  for (Index b = 0; b < q.batch; ++b)
-    for (Index h = 0; h < q.heads; ++h)
-      heads.emplace_back(q.head(b, h), out.head(b, h), nullptr, scale, head_masks<T>(options, b, h), k.tokens,
-                         micros[std::size_t(b * k.heads + h / group)], tiling);
-  const Index tiles = heads.front().tiles();
-  parallel_for(Index(heads.size()) * tiles, options, [&](Index first, Index end) {
-    for (Index item = first; item < end; ++item) heads[std::size_t(item / tiles)].run_tile(item % tiles);
-  });
-}
-
-/// Grouped-query decoding: with one query per head, the query heads that share a key/value
-/// head are the rows of one small Q (row stride = head stride), so that head's keys and
-/// values are read once for the group instead of once per query head. Returns false when
-/// the call is not of that form (then heads run separately).
-inline bool decode_groups(const TensorView<const float>& q, const TensorView<const float>& k,
-                          const TensorView<const float>& v, const TensorView<float>& out, double scale,
-                          const Options& options) {
-  using Rows = kernels::RowTiles<simd::native>;
-  const Index group = q.heads / k.heads;
-  const bool per_head_masks = (!options.batch_mask.empty() && options.batch_mask.heads != 1) ||
-                              (!options.batch_bias.empty() && options.batch_bias.heads != 1);
-  if (q.tokens != 1 || group < 2 || group > Rows::max_rows || per_head_masks ||
-      !Rows::fits(group, q.features, v.features) || !options.mask.empty() || !options.bias.empty() ||
-      !options.key_lengths.empty())
-    return false;
-  const auto run = [&](Index item, const Options& run_options) {
-    const Index b = item / k.heads, kv = item % k.heads;
-    const MatrixView<const float> q_rows(q.head(b, kv * group).data, group, q.features, q.head_stride);
-    const MatrixView<float> out_rows(out.head(b, kv * group).data, group, out.features, out.head_stride);
-    HeadMasks masks = head_masks<float>(options, b, kv * group);
-    masks.causal = false;  // one query per head sees every key; as rows of a group it must too
-    kernels::simd_attention(q_rows, k.head(b, kv), v.head(b, kv), out_rows, scale, masks, run_options);
-  };
-  const Index items = q.batch * k.heads;
-  if (items < 4) {  // few groups: each splits its keys across the threads
-    for (Index item = 0; item < items; ++item) run(item, options);
-    return true;
-  }
-  Options serial = options;  // groups are the parallel items; each runs on one thread
-  serial.threads = 1;
-  serial.parallel_for = nullptr;
-  parallel_for(items, options, [&](Index first, Index end) {
-    for (Index item = first; item < end; ++item) run(item, serial);
-  });
-  return true;
-}
-
 }  // namespace detail
 
 /// Attention for every sequence of a batch and every head: out[b, h] = softmax(scale Q[b, h]
@@ -201,18 +113,16 @@ void attention(const TensorView<const T>& q, const TensorView<const T>& k, const
     for (Index b = 0; b < q.batch; ++b)
       for (Index h = 0; h < q.heads; ++h)
         detail::dispatch<T>(q.head(b, h), k.head(b, h / group), v.head(b, h / group), out.head(b, h), nullptr, scale,
-                            detail::head_masks<T>(options, b, h), options);
+                            detail::head_masks(options, b, h), options);
     return;
   }
   if constexpr (std::is_same_v<T, float>) {
-    if (kernel == Kernel::Simd && detail::decode_groups(q, k, v, out, scale, options)) return;
-    if (kernel == Kernel::Simd) {
-      if (kernels::RowTiles<simd::native>::fits(q.tokens, q.features, v.features))
-        return detail::batched_tiled<kernels::RowTiles<simd::native>>(q, k, v, out, scale, options);
-      return detail::batched_tiled<kernels::SimdTiles<simd::native>>(q, k, v, out, scale, options);
-    }
+    if (kernel == Kernel::Simd)
+      return kernels::with_target(sdpa::isa(), [&](auto target) {
+        decltype(target)::simd_batch(q, k, v, out, scale, options);
+      });
   }
-  detail::batched_tiled<kernels::PlainTiles<T>>(q, k, v, out, scale, options);
+  kernels::scalar::Target::blocked_batch<T>(q, k, v, out, scale, options);
 }
 
-}  // namespace sdpa
+SDPA_END_NAMESPACE

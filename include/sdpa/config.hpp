@@ -1,33 +1,121 @@
-// sdpa/config.hpp - the one place that reads the compiler's ISA macros.
+// sdpa/config.hpp - the one place that reads the compiler's macros.
 //
-// Everything else tests SDPA_HAS_AVX512, SDPA_HAS_AVX2 and SDPA_HAS_NEON, which are
-// always defined to 0 or 1 (build with -Wundef and a misspelt name is an error, not a
-// silent 0). AVX2 counts only together with FMA (as in ruy/platform.h): every kernel
-// leans on fused multiply-add. Define SDPA_FORCE_SCALAR to 1 to build the width-1
-// fallback on any machine.
+// Everything else tests the 0/1 macros defined here (build with -Wundef and a misspelt name
+// is an error, not a silent 0):
+//
+//   SDPA_BUILD_AVX512, SDPA_BUILD_AVX2, SDPA_BUILD_NEON   what the compiler flags guarantee
+//   SDPA_DISPATCH                                         runtime dispatch (opt-in, see below)
+//   SDPA_TARGET_AVX512, SDPA_TARGET_AVX2, SDPA_TARGET_NEON
+//                                                         which vector kernels this translation
+//                                                         unit compiles (the scalar ones always)
+//
+// AVX2 counts only together with FMA (as in ruy/platform.h): every kernel leans on fused
+// multiply-add. Define SDPA_FORCE_SCALAR to 1 to build the width-1 fallback only.
+//
+// Static mode (the default): the vector kernels are those of the build's flags, and the
+// first call checks that the CPU has them (sdpa::unsupported_cpu otherwise). Dispatch mode
+// (SDPA_DISPATCH=1, CMake option SDPA_DISPATCH): a build for any baseline carries the
+// AVX-512, AVX2+FMA and scalar kernels (NEON and scalar on AArch64), compiled with
+// per-function target attributes, and the first call picks the best the CPU has
+// (docs/design.md, "Dispatch").
 #pragma once
 
 #ifndef SDPA_FORCE_SCALAR
 #define SDPA_FORCE_SCALAR 0
 #endif
-
-#if !SDPA_FORCE_SCALAR && defined(__AVX512F__) && defined(__AVX512DQ__)
-#define SDPA_HAS_AVX512 1
-#else
-#define SDPA_HAS_AVX512 0
+#ifndef SDPA_DISPATCH
+#define SDPA_DISPATCH 0
 #endif
 
+#if defined(__x86_64__) || defined(_M_X64)
+#define SDPA_ARCH_X86_64 1
+#else
+#define SDPA_ARCH_X86_64 0
+#endif
+#if defined(__aarch64__)
+#define SDPA_ARCH_AARCH64 1
+#else
+#define SDPA_ARCH_AARCH64 0
+#endif
+
+// AVX-512 as the kernels use it: F and DQ, plus BW and VL (the x86-64-v4 level, which is what
+// dispatch mode compiles for and checks).
+#if !SDPA_FORCE_SCALAR && defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && \
+    defined(__AVX512VL__)
+#define SDPA_BUILD_AVX512 1
+#else
+#define SDPA_BUILD_AVX512 0
+#endif
 #if !SDPA_FORCE_SCALAR && defined(__AVX2__) && defined(__FMA__)
-#define SDPA_HAS_AVX2 1
+#define SDPA_BUILD_AVX2 1
 #else
-#define SDPA_HAS_AVX2 0
+#define SDPA_BUILD_AVX2 0
+#endif
+#if !SDPA_FORCE_SCALAR && (defined(__ARM_NEON) || defined(__ARM_NEON__)) && SDPA_ARCH_AARCH64
+#define SDPA_BUILD_NEON 1
+#else
+#define SDPA_BUILD_NEON 0
 #endif
 
-#if !SDPA_FORCE_SCALAR && (defined(__ARM_NEON) || defined(__ARM_NEON__)) && defined(__aarch64__)
-#define SDPA_HAS_NEON 1
-#else
-#define SDPA_HAS_NEON 0
+#if SDPA_DISPATCH && !SDPA_FORCE_SCALAR
+#if !(defined(__GNUC__) || defined(__clang__))
+#error "SDPA_DISPATCH needs GCC or Clang (per-function target attributes)"
 #endif
+#define SDPA_TARGET_AVX512 SDPA_ARCH_X86_64
+#define SDPA_TARGET_AVX2 SDPA_ARCH_X86_64
+#define SDPA_TARGET_NEON SDPA_ARCH_AARCH64
+#else
+#define SDPA_TARGET_AVX512 SDPA_BUILD_AVX512
+#define SDPA_TARGET_AVX2 (SDPA_BUILD_AVX2 && !SDPA_BUILD_AVX512)
+#define SDPA_TARGET_NEON SDPA_BUILD_NEON
+#endif
+
+// The inline namespace that holds every symbol whose code depends on the ISA: named after
+// the build's own level and the mode, so that two translation units built with different
+// flags never share one (docs/design.md, "One binary, many ISAs").
+#if SDPA_BUILD_AVX512
+#define SDPA_ISA_LEVEL avx512
+#elif SDPA_BUILD_AVX2
+#define SDPA_ISA_LEVEL avx2
+#elif SDPA_BUILD_NEON
+#define SDPA_ISA_LEVEL neon
+#else
+#define SDPA_ISA_LEVEL scalar
+#endif
+#define SDPA_CONCAT_(a, b) a##b
+#define SDPA_CONCAT(a, b) SDPA_CONCAT_(a, b)
+#if SDPA_DISPATCH
+#define SDPA_ISA_NAMESPACE SDPA_CONCAT(SDPA_CONCAT(isa_, SDPA_ISA_LEVEL), _dispatch)
+#else
+#define SDPA_ISA_NAMESPACE SDPA_CONCAT(isa_, SDPA_ISA_LEVEL)
+#endif
+/// Opens (closes) sdpa's ISA-tagged namespace: `namespace sdpa { inline namespace isa_... {`.
+#define SDPA_BEGIN_NAMESPACE \
+  namespace sdpa {           \
+  inline namespace SDPA_ISA_NAMESPACE {
+#define SDPA_END_NAMESPACE \
+  }                        \
+  }
+
+// SDPA_TARGET_BEGIN("avx2,fma") ... SDPA_TARGET_END: every function defined in between is
+// compiled for those features, templates and lambdas included (Highway's HWY_BEFORE_NAMESPACE).
+#define SDPA_PRAGMA_(text) _Pragma(#text)
+#define SDPA_PRAGMA(text) SDPA_PRAGMA_(text)
+#if defined(__clang__)
+#define SDPA_TARGET_BEGIN(features) \
+  SDPA_PRAGMA(clang attribute push(__attribute__((target(features))), apply_to = function))
+#define SDPA_TARGET_END SDPA_PRAGMA(clang attribute pop)
+#elif defined(__GNUC__)
+#define SDPA_TARGET_BEGIN(features) SDPA_PRAGMA(GCC push_options) SDPA_PRAGMA(GCC target(features))
+#define SDPA_TARGET_END SDPA_PRAGMA(GCC pop_options)
+#else
+#define SDPA_TARGET_BEGIN(features)
+#define SDPA_TARGET_END
+#endif
+// The feature sets of the x86 targets: the x86-64-v4 and -v3 levels (what -march=x86-64-v4
+// and -v3 enable), so a kernel compiled here needs no more than the CPU check verifies.
+#define SDPA_FEATURES_AVX512 "avx512f,avx512dq,avx512bw,avx512vl,avx512cd,avx2,fma,bmi,bmi2,lzcnt,movbe,f16c"
+#define SDPA_FEATURES_AVX2 "avx2,fma,bmi,bmi2,lzcnt,movbe,f16c"
 
 #if defined(_OPENMP)
 #define SDPA_HAS_OPENMP 1

@@ -10,7 +10,7 @@
 
 namespace sdpa {
 
-/// Which implementation runs. Every path computes the same function (DESIGN.md §1); they
+/// Which implementation runs. Every path computes the same function (docs/design.md, "The math"); they
 /// differ in speed and memory. `Reference` is always available and is the test oracle.
 enum class Kernel {
   Auto,       ///< the fastest path for the shape and scalar type (see README, "Kernels")
@@ -69,7 +69,7 @@ struct Bias {
 ///     Matrix<float> out = sdpa::attention(Q, K, V, options);
 struct Options {
   std::optional<double> scale;   ///< multiplies Q K^T; default 1/sqrt(d_k); positive and finite
-  bool causal = false;           ///< bottom-right aligned causal mask (DESIGN.md §2)
+  bool causal = false;           ///< bottom-right aligned causal mask (docs/design.md, "Conventions")
   Kernel kernel = Kernel::Auto;  ///< which path runs
 
   MatrixView<const bool> mask;      ///< true = may attend; Nq x Nk or 1 x Nk; empty = none

@@ -6,7 +6,7 @@
 
 #include <Eigen/Core>
 
-namespace sdpa {
+SDPA_BEGIN_NAMESPACE
 
 template <class T>
 using RowVector = Eigen::Matrix<T, 1, Eigen::Dynamic>;
@@ -54,4 +54,4 @@ Matrix<typename DX::Scalar> project(const Eigen::MatrixBase<DX>& X, const Eigen:
   return out;
 }
 
-}  // namespace sdpa
+SDPA_END_NAMESPACE

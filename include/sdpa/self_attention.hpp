@@ -23,6 +23,10 @@ struct AttentionWeights {
   RowVector<T> bo;
 };
 
+}  // namespace sdpa
+
+SDPA_BEGIN_NAMESPACE
+
 /// Multi-head attention as in "Attention Is All You Need" and torch.nn.MultiheadAttention:
 /// head j attends with columns [j d_k, (j + 1) d_k) of the projected Q and K and
 /// [j d_v, (j + 1) d_v) of V; the heads' outputs are concatenated and projected by Wo + bo.
@@ -112,6 +116,7 @@ class SelfAttention {
     Options causal = options;
     causal.causal = true;
     detail::validate_attention(fn, x.rows(), head_dim(), nk, head_dim(), nullptr, nullptr, causal);
+    detail::reject_batched_options(fn, causal);
     // Everything is checked: from here on the call cannot fail half-way.
     cache.append(sequence, project(x, w_.Wk, w_.bk), project(x, w_.Wv, w_.bv));
     const Matrix<T> Q = project(x, w_.Wq, w_.bq);
@@ -142,6 +147,7 @@ class SelfAttention {
     // Per-head shapes and options are checked before any projection is computed.
     detail::validate_attention("SelfAttention::forward", x.rows(), head_dim(), source.rows(), head_dim(), nullptr,
                                nullptr, options);
+    detail::reject_batched_options("SelfAttention::forward", options);
     const Matrix<T> Q = project(x, w_.Wq, w_.bq), K = project(source, w_.Wk, w_.bk), V = project(source, w_.Wv, w_.bv);
     const MatrixView<const T> k(K), v(V);
     return attend_and_project(Q, [&](Index kv) {
@@ -203,4 +209,4 @@ class SelfAttention {
   Index heads_, kv_heads_;
 };
 
-}  // namespace sdpa
+SDPA_END_NAMESPACE

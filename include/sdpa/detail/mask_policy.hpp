@@ -6,12 +6,14 @@
 // and mask only the tiles that straddle one (FlashAttention's mask.h plays the same role).
 #pragma once
 
+#include "../config.hpp"
 #include "../options.hpp"
 
 #include <algorithm>
 #include <limits>
 
-namespace sdpa::detail {
+SDPA_BEGIN_NAMESPACE
+namespace detail {
 
 /// The masks of one head, as views: what Options says for a 2-D call, or one piece of a
 /// larger call (a (batch, head) slice of batched masks, a key range of a split decode).
@@ -27,6 +29,22 @@ struct HeadMasks {
             options.bias};
   }
 };
+
+/// The masks of head h of sequence b of a batched call: slices of the batched masks, or the
+/// 2-D ones, which apply to every head.
+inline HeadMasks head_masks(const Options& options, Index b, Index h) {
+  HeadMasks masks = HeadMasks::of(options);
+  if (!options.sequence_lengths.empty()) {
+    masks.lengths = &options.sequence_lengths[std::size_t(b)];
+    masks.length_count = 1;
+  }
+  const auto slice = [&](const auto& t) {
+    return t.head(t.batch == 1 ? 0 : b, t.heads == 1 ? 0 : h);  // rows == 1 broadcasts over queries
+  };
+  if (!options.batch_mask.empty()) masks.mask = slice(options.batch_mask);
+  if (!options.batch_bias.empty()) masks.bias = Bias(MatrixView<const float>(slice(options.batch_bias)));
+  return masks;
+}
 
 template <class T>
 class MaskPolicy {
@@ -73,4 +91,5 @@ class MaskPolicy {
   T bias_factor_;
 };
 
-}  // namespace sdpa::detail
+}  // namespace detail
+SDPA_END_NAMESPACE

@@ -8,7 +8,8 @@
 #include <omp.h>
 #endif
 
-namespace sdpa::detail {
+SDPA_BEGIN_NAMESPACE
+namespace detail {
 
 /// Calls body(begin, end) over [0, count). Items are independent and each is computed by
 /// one thread start to finish, so results never depend on how many threads there are.
@@ -32,4 +33,5 @@ void parallel_for(Index count, const Options& options, const Body& body) {
   body(Index(0), count);
 }
 
-}  // namespace sdpa::detail
+}  // namespace detail
+SDPA_END_NAMESPACE

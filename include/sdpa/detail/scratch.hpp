@@ -6,19 +6,38 @@
 // that two buffers in use at once never alias.
 #pragma once
 
+#include "../config.hpp"
 #include "../views.hpp"
 
-#include <Eigen/Core>
-
 #include <cstddef>
+#include <new>
 #include <vector>
 
-namespace sdpa::detail {
+SDPA_BEGIN_NAMESPACE
+namespace detail {
 
 enum class Slot { QueryTile, Scores, Accumulator, RowStats, Rescale, Packed, ChunkPacked, Partials };
 
+/// Cache-line (and zmm) aligned storage from C++17's aligned new: the same allocation and
+/// release whatever the build's flags (Eigen's aligned_allocator changes with its
+/// EIGEN_MAX_ALIGN_BYTES, which follows -march).
 template <class T>
-using AlignedVector = std::vector<T, Eigen::aligned_allocator<T>>;
+struct CacheAligned {
+  using value_type = T;
+  static constexpr std::align_val_t kAlignment{64};
+  CacheAligned() = default;
+  template <class U>
+  CacheAligned(const CacheAligned<U>&) {}  // NOLINT(google-explicit-constructor): allocator rebind
+  T* allocate(std::size_t n) { return static_cast<T*>(::operator new(n * sizeof(T), kAlignment)); }
+  void deallocate(T* p, std::size_t) { ::operator delete(p, kAlignment); }
+  template <class U>
+  bool operator==(const CacheAligned<U>&) const { return true; }
+  template <class U>
+  bool operator!=(const CacheAligned<U>&) const { return false; }
+};
+
+template <class T>
+using AlignedVector = std::vector<T, CacheAligned<T>>;
 
 /// At least `count` elements of this thread's buffer for `slot`; contents are unspecified.
 /// For work items that run start to finish on one thread (nothing else runs on that thread
@@ -69,4 +88,5 @@ class ScratchLease {
   T* data_ = nullptr;
 };
 
-}  // namespace sdpa::detail
+}  // namespace detail
+SDPA_END_NAMESPACE

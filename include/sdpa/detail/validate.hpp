@@ -4,6 +4,7 @@
 //   sdpa::attention: Q is 3x8 and K is 5x4: their head dims (8 and 4) must match
 #pragma once
 
+#include "../config.hpp"
 #include "../options.hpp"
 
 #include <cmath>
@@ -13,7 +14,8 @@
 #include <stdexcept>
 #include <string>
 
-namespace sdpa::detail {
+SDPA_BEGIN_NAMESPACE
+namespace detail {
 
 inline std::string shape(Index rows, Index cols) { return std::to_string(rows) + "x" + std::to_string(cols); }
 
@@ -72,6 +74,18 @@ inline void validate_attention(const char* function, Index nq, Index dq, Index n
   if (options.threads < 0) fail(function, "options.threads is ", options.threads, ": it must be >= 0 (0 = automatic)");
 }
 
+/// A 2-D call (one head) cannot honour the batched masks, which are indexed by sequence and
+/// head: it says so instead of ignoring them.
+inline void reject_batched_options(const char* function, const Options& options) {
+  const char* given = !options.batch_mask.empty()         ? "options.batch_mask"
+                      : !options.batch_bias.empty()       ? "options.batch_bias"
+                      : !options.sequence_lengths.empty() ? "options.sequence_lengths"
+                                                          : nullptr;
+  if (given)
+    fail(function, given, " is set, but it applies only to batched calls (sdpa::attention on TensorViews); ",
+         "a 2-D call takes options.mask, options.bias and options.key_lengths");
+}
+
 /// True when two views share an element. Views with the same row stride and unit column
 /// stride (column slices of one matrix, such as the heads of a [tokens, heads * d] buffer)
 /// are compared exactly; any other pair conservatively by the address ranges they span.
@@ -106,4 +120,5 @@ void validate_output(const char* function, const MatrixView<T>& out, Index nq, I
            "): results would overwrite inputs still being read");
 }
 
-}  // namespace sdpa::detail
+}  // namespace detail
+SDPA_END_NAMESPACE

@@ -9,6 +9,7 @@
 // so its rounding, with the number of threads).
 #pragma once
 
+#include "../config.hpp"
 #include "../detail/mask_policy.hpp"
 #include "../detail/parallel.hpp"
 #include "../options.hpp"
@@ -18,7 +19,8 @@
 #include <cmath>
 #include <limits>
 
-namespace sdpa::kernels {
+SDPA_BEGIN_NAMESPACE
+namespace kernels {
 
 namespace reference_detail {
 /// Row i of a view as an Eigen row vector (no copy).
@@ -95,4 +97,5 @@ void reference_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixVie
   });
 }
 
-}  // namespace sdpa::kernels
+}  // namespace kernels
+SDPA_END_NAMESPACE

@@ -4,11 +4,14 @@
 // with only what the kernels need (the vocabulary of Eigen's PacketMath: load, store,
 // broadcast, fma, max, horizontal sum and max, plus the three bit-level steps exp needs).
 // The scalar specialisation is a vector of width 1, so generic code always compiles.
+// The vector ISAs' files are included only by kernels/targets.hpp, inside their target's
+// attributes: their functions need those instructions.
 #pragma once
 
 #include "../config.hpp"
 
-namespace sdpa::simd {
+SDPA_BEGIN_NAMESPACE
+namespace simd {
 
 struct scalar {};
 struct neon {};
@@ -18,19 +21,5 @@ struct avx512 {};
 template <class T, class Arch>
 struct Vec;  // specialised in scalar.hpp, avx2.hpp, avx512.hpp, neon.hpp
 
-// `native`: the ISA of this build's microkernels; `native_name`: the same, for reports.
-#if SDPA_HAS_AVX512
-using native = avx512;
-inline constexpr const char* native_name = "avx512";
-#elif SDPA_HAS_AVX2
-using native = avx2;
-inline constexpr const char* native_name = "avx2";
-#elif SDPA_HAS_NEON
-using native = neon;
-inline constexpr const char* native_name = "neon";
-#else
-using native = scalar;
-inline constexpr const char* native_name = "scalar";
-#endif
-
-}  // namespace sdpa::simd
+}  // namespace simd
+SDPA_END_NAMESPACE

@@ -3,10 +3,11 @@
 
 #include "arch.hpp"
 
-#if SDPA_HAS_AVX2
+#if SDPA_TARGET_AVX2
 #include <immintrin.h>
 
-namespace sdpa::simd {
+SDPA_BEGIN_NAMESPACE
+namespace simd {
 
 template <>
 struct Vec<float, avx2> {
@@ -51,5 +52,6 @@ SDPA_ALWAYS_INLINE V256 pow2_integer(V256 n) {
   return {_mm256_castsi256_ps(_mm256_slli_epi32(biased, 23))};
 }
 
-}  // namespace sdpa::simd
+}  // namespace simd
+SDPA_END_NAMESPACE
 #endif

@@ -3,10 +3,11 @@
 
 #include "arch.hpp"
 
-#if SDPA_HAS_AVX512
+#if SDPA_TARGET_AVX512
 #include <immintrin.h>
 
-namespace sdpa::simd {
+SDPA_BEGIN_NAMESPACE
+namespace simd {
 
 template <>
 struct Vec<float, avx512> {
@@ -52,5 +53,6 @@ SDPA_ALWAYS_INLINE V512 pow2_integer(V512 n) {
   return {_mm512_castsi512_ps(_mm512_slli_epi32(biased, 23))};
 }
 
-}  // namespace sdpa::simd
+}  // namespace simd
+SDPA_END_NAMESPACE
 #endif

@@ -3,10 +3,11 @@
 
 #include "arch.hpp"
 
-#if SDPA_HAS_NEON
+#if SDPA_TARGET_NEON
 #include <arm_neon.h>
 
-namespace sdpa::simd {
+SDPA_BEGIN_NAMESPACE
+namespace simd {
 
 template <>
 struct Vec<float, neon> {
@@ -39,5 +40,6 @@ SDPA_ALWAYS_INLINE V128 pow2_integer(V128 n) {
   return {vreinterpretq_f32_s32(vshlq_n_s32(biased, 23))};
 }
 
-}  // namespace sdpa::simd
+}  // namespace simd
+SDPA_END_NAMESPACE
 #endif

@@ -6,8 +6,10 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
-namespace sdpa::simd {
+SDPA_BEGIN_NAMESPACE
+namespace simd {
 
 template <class T>
 struct Vec<T, scalar> {
@@ -25,8 +27,15 @@ struct Vec<T, scalar> {
 template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> operator+(Vec<T, scalar> a, Vec<T, scalar> b) { return {a.v + b.v}; }
 template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> operator-(Vec<T, scalar> a, Vec<T, scalar> b) { return {a.v - b.v}; }
 template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> operator*(Vec<T, scalar> a, Vec<T, scalar> b) { return {a.v * b.v}; }
-/// a * b + c
-template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> fma(Vec<T, scalar> a, Vec<T, scalar> b, Vec<T, scalar> c) { return {a.v * b.v + c.v}; }
+/// a * b + c, rounded once where the build has fused multiply-add (as the vector ISAs do).
+/// Written as std::fma then, not a * b + c: the compiler contracts a * b + c into an FMA in some
+/// inlined copies and not in others, so a row's result would depend on its place in the tile.
+template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> fma(Vec<T, scalar> a, Vec<T, scalar> b, Vec<T, scalar> c) {
+#if defined(__FMA__) || defined(__ARM_FEATURE_FMA)
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) return {std::fma(a.v, b.v, c.v)};
+#endif
+  return {a.v * b.v + c.v};
+}
 /// max and min return `a` when either operand is NaN, as x86's maxps(b, a) does: NaN in the
 /// first operand propagates on every ISA.
 template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> max(Vec<T, scalar> a, Vec<T, scalar> b) { return {!(a.v < b.v) ? a.v : b.v}; }
@@ -50,4 +59,5 @@ SDPA_ALWAYS_INLINE Vec<float, scalar> pow2_integer(Vec<float, scalar> n) {
   return {out};
 }
 
-}  // namespace sdpa::simd
+}  // namespace simd
+SDPA_END_NAMESPACE

@@ -1,4 +1,4 @@
-// sdpa/kernels/tiled_loop.hpp - the FlashAttention-2 loop shared by the Blocked and Simd paths.
+// sdpa/kernels/tiled_loop-inl.hpp - the FlashAttention-2 loop shared by the Blocked and Simd paths.
 //
 //   for each tile of Bq query rows (one thread each):
 //     prologue:  copy the tile's queries, pre-multiplied by scale * log2(e)
@@ -13,19 +13,8 @@
 // The two paths differ only in their Micro: how a score tile and a value update are
 // computed. Extra memory is a few tiles per thread plus whatever the Micro packs (for Simd,
 // one copy of K), never Nq x Nk.
-#pragma once
-
-#include "../detail/mask_policy.hpp"
-#include "../detail/online_softmax.hpp"
-#include "../detail/parallel.hpp"
-#include "../detail/scratch.hpp"
-#include "block_config.hpp"
-
-#include <algorithm>
-#include <cmath>
-#include <limits>
-
-namespace sdpa::kernels {
+//
+// A per-target file (see simd/exp-inl.hpp): included by kernels/targets.hpp only.
 
 /// Micro must provide: `using Vec` (the vector type of the softmax step), `key_multiple`
 /// and `row_multiple` (its tile granularity), `packed_size(K, V, tiling)`, a constructor
@@ -61,7 +50,7 @@ class TiledHead {
     T* q_tile = detail::thread_scratch<T, detail::Slot::QueryTile>(bq * dk);     // (Bq, d_k)
     T* s = detail::thread_scratch<T, detail::Slot::Scores>(bq * score_ld_);       // (Bq, Bk padded)
     T* acc = detail::thread_scratch<T, detail::Slot::Accumulator>(bq * acc_ld_);  // (Bq, d_v padded)
-    auto* rows = detail::thread_scratch<detail::OnlineSoftmaxRow<V>, detail::Slot::RowStats>(bq);
+    auto* rows = detail::thread_scratch<OnlineSoftmaxRow<V>, detail::Slot::RowStats>(bq);
     T* rescale = detail::thread_scratch<T, detail::Slot::Rescale>(bq);  // per row, this key tile
 
     // prologue: this tile's queries, scaled, and a clean softmax state
@@ -114,33 +103,6 @@ class TiledHead {
   T query_scale_;
   Index score_ld_, acc_ld_;
 };
-
-/// Merges partial results over disjoint key sets, in place: (out, lse) becomes the attention
-/// over both sets. o = (e^(lse - m) o + e^(lse_b - m) o_b) / (e^(lse - m) + e^(lse_b - m)) with
-/// m the larger LSE; an empty part (LSE -inf) weighs nothing.
-template <class T>
-void merge_partial(MatrixView<T> out, T* lse, MatrixView<const T> out_b, const T* lse_b) {
-  for (Index i = 0; i < out.rows; ++i) {
-    const T m = std::max(lse[i], lse_b[i]);
-    if (m == -std::numeric_limits<T>::infinity()) continue;  // both empty: stays 0, -inf
-    const T wa = std::exp(lse[i] - m), wb = std::exp(lse_b[i] - m), total = wa + wb;
-    T* o = out.row(i);
-    const T* ob = out_b.row(i);
-    for (Index c = 0; c < out.cols; ++c) o[c] = (wa * o[c] + wb * ob[c]) / total;
-    lse[i] = m + std::log(total);
-  }
-}
-
-/// Keys per piece of a split call. A query tile is one thread's work; with too few of them
-/// (decoding: one query) the keys are split instead, each piece giving a partial output and
-/// LSE, merged in order afterwards (flash-decoding). The split depends on Nk only, never on
-/// the thread count, so results stay bit-identical whatever the threads.
-constexpr Index kSplitKeys = 512;
-
-inline Index key_pieces(Index query_tiles, Index nk) {
-  if (query_tiles > 2 || nk < 2 * kSplitKeys) return 1;
-  return std::min<Index>(64, nk / kSplitKeys);
-}
 
 /// One head: out = softmax(scale Q K^T + masks) V, and each row's LSE when `lse` is not null.
 template <class Micro, class T>
@@ -203,4 +165,3 @@ void tiled_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<co
                   partial_lse + piece * nq);
 }
 
-}  // namespace sdpa::kernels

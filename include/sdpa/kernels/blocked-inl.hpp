@@ -1,26 +1,21 @@
-// sdpa/kernels/blocked.hpp - Kernel::Blocked: the tiled loop with plain scalar tile products.
+// sdpa/kernels/blocked-inl.hpp - Kernel::Blocked: the tiled loop with plain scalar tile products.
 //
 // Portable to any compiler and any arithmetic type (float, double, long double): the tile
 // products are the textbook triple loops and exp2 is the C library's. It is the tiled
 // algorithm written to be read; the Simd path is the same loop with faster tiles.
-#pragma once
-
-#include "../simd/scalar.hpp"
-#include "tiled_loop.hpp"
-
-#include <cmath>
-
-namespace sdpa::kernels {
+//
+// A per-target file (see simd/exp-inl.hpp): included by kernels/targets.hpp only. Only the
+// scalar target's copy runs: Blocked is portable code, compiled with the build's own flags.
 
 template <class T>
-class PlainTiles {
+class BlockedTiles {
  public:
   using Vec = simd::Vec<T, simd::scalar>;
   static constexpr Index key_multiple = 1;
   static constexpr Index row_multiple = 1;
 
   static Index packed_size(MatrixView<const T>, MatrixView<const T>, const Tiling&) { return 0; }
-  PlainTiles(MatrixView<const T> k, MatrixView<const T> v, const Tiling&, T*) : k_(k), v_(v) {}
+  BlockedTiles(MatrixView<const T> k, MatrixView<const T> v, const Tiling&, T*) : k_(k), v_(v) {}
   void pack(MatrixView<const T>, MatrixView<const T>) const {}  // reads K and V in place
 
   Index accumulator_cols() const { return v_.cols; }
@@ -53,7 +48,7 @@ class PlainTiles {
   }
 
   // The plain path keeps the steps apart.
-  bool fused_softmax(const T*, Index, Index, Index, T*, Index, detail::OnlineSoftmaxRow<Vec>*, T*) const {
+  bool fused_softmax(const T*, Index, Index, Index, T*, Index, OnlineSoftmaxRow<Vec>*, T*) const {
     return false;
   }
 
@@ -65,7 +60,6 @@ class PlainTiles {
 template <class T>
 void blocked_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out,
                        double scale, const detail::HeadMasks& masks, const Options& options, T* lse = nullptr) {
-  tiled_attention<PlainTiles<T>>(q, k, v, out, lse, scale, masks, options);
+  tiled_attention<BlockedTiles<T>>(q, k, v, out, lse, scale, masks, options);
 }
 
-}  // namespace sdpa::kernels

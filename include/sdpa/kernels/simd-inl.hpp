@@ -1,4 +1,4 @@
-// sdpa/kernels/simd.hpp - Kernel::Simd: the tiled loop with register-blocked vector microkernels.
+// sdpa/kernels/simd-inl.hpp - Kernel::Simd: the tiled loop with register-blocked vector microkernels.
 //
 // Two products dominate: S = Q_tile K_tile^T and acc += P V_tile. Both are computed by
 // microkernels that keep an R x C block of vector accumulators in registers, vectorised
@@ -8,17 +8,10 @@
 // For S to be vectorised across keys, K is packed once per call into K^T panels, one per key
 // tile: panel b holds keys [b Bk, b Bk + Bk) as (d_k, Bk padded) with zeros past Nk. V is read
 // in place, row by row; only when d_v is not a multiple of the vector width is it packed
-// with zero padding, so that no load reads past a row. Exp is the polynomial of simd/exp.hpp.
-#pragma once
-
-#include "../simd/simd.hpp"
-#include "tiled_loop.hpp"
-
-#include <algorithm>
-#include <limits>
-#include <type_traits>
-
-namespace sdpa::kernels {
+// with zero padding, so that no load reads past a row. Exp is the polynomial of simd/exp-inl.hpp.
+//
+// A per-target file (see simd/exp-inl.hpp): included by kernels/targets.hpp only, where
+// `Arch` names the target's ISA tag.
 
 /// Register blocking per ISA: R rows x C vectors of accumulators, plus C loads and one
 /// broadcast in flight, must fit the register file (32 zmm / 16 ymm / 32 q registers).
@@ -76,11 +69,11 @@ SDPA_ALWAYS_INLINE void score_block(const float* q, Index dk, const float* kt, I
 // Same operations in the same order as OnlineSoftmaxRow::absorb, so the same results.
 template <class V, int R, int C>
 SDPA_ALWAYS_INLINE void score_softmax_block(const float* q, Index dk, const float* kt, Index kt_ld, float* p,
-                                            Index p_ld, detail::OnlineSoftmaxRow<V>* states,
+                                            Index p_ld, OnlineSoftmaxRow<V>* states,
                                             float* rescale) {
   V s[R][C];
   score_registers<V, R, C>(q, dk, kt, kt_ld, s);
-  const auto exp2 = [](V x) { return simd::exp2_no_overflow(x); };
+  const auto exp2 = [](V x) { return exp2_no_overflow(x); };
   SDPA_UNROLL
   for (int r = 0; r < R; ++r) {
     V tile_max = V::broadcast(-std::numeric_limits<float>::infinity());
@@ -199,7 +192,7 @@ class SimdTiles {
   }
 
   Index accumulator_cols() const { return acc_ld_; }
-  Vec exp2(Vec x) const { return simd::exp2_no_overflow(x); }  // x = s - max <= 0
+  Vec exp2(Vec x) const { return exp2_no_overflow(x); }  // x = s - max <= 0
 
   void scores(const float* q_tile, Index rows, Index j0, Index keys, float* s, Index ld) const {
     const float* panel = packed_k_ + (j0 / key_rows_) * dk_ * panel_ld_;
@@ -214,7 +207,7 @@ class SimdTiles {
   /// on AVX2 a 16-key tile costs more than fusing saves, measured, so 64-key tiles run unfused): S goes
   /// from the FMAs through max, exp and sum to P without a round trip through memory.
   bool fused_softmax(const float* q_tile, Index rows, Index j0, Index keys, float* p, Index ld,
-                     detail::OnlineSoftmaxRow<Vec>* states, float* rescale) const {
+                     OnlineSoftmaxRow<Vec>* states, float* rescale) const {
     if (keys != key_multiple || ld != key_multiple) return false;
     const float* panel = packed_k_ + (j0 / key_rows_) * dk_ * panel_ld_;
     for (Index r0 = 0; r0 < rows; r0 += R)
@@ -248,7 +241,7 @@ class RowTiles {
   using Vec = simd::Vec<float, Arch>;
   static constexpr int W = Vec::width;
   static constexpr Index key_multiple = W;  // score rows padded to whole vectors
-  static constexpr Index max_rows = 4;
+  static constexpr Index max_rows = kDecodeRows;
   static constexpr Index row_multiple = max_rows;  // all the query rows in one tile: K is read once
 
   /// When this beats packing (measured: see README, decoding).
@@ -259,8 +252,8 @@ class RowTiles {
   void pack(MatrixView<const float>, MatrixView<const float>) const {}
 
   Index accumulator_cols() const { return v_.cols; }
-  Vec exp2(Vec x) const { return simd::exp2_no_overflow(x); }
-  bool fused_softmax(const float*, Index, Index, Index, float*, Index, detail::OnlineSoftmaxRow<Vec>*, float*) const {
+  Vec exp2(Vec x) const { return exp2_no_overflow(x); }
+  bool fused_softmax(const float*, Index, Index, Index, float*, Index, OnlineSoftmaxRow<Vec>*, float*) const {
     return false;
   }
 
@@ -286,10 +279,9 @@ class RowTiles {
   MatrixView<const float> k_, v_;
 };
 
-/// out = softmax(scale Q K^T + mask) V with the vector microkernels of `Arch` (the build's
-/// best ISA by default; simd::scalar forces the width-1 fallback). Inputs already validated.
-template <class Arch = simd::native>
-void simd_attention(MatrixView<const float> q, MatrixView<const float> k, MatrixView<const float> v,
+/// out = softmax(scale Q K^T + mask) V with this target's vector microkernels. Inputs already
+/// validated.
+inline void simd_attention(MatrixView<const float> q, MatrixView<const float> k, MatrixView<const float> v,
                     MatrixView<float> out, double scale, const detail::HeadMasks& masks, const Options& options,
                     float* lse = nullptr) {
   if (RowTiles<Arch>::fits(q.rows, q.cols, v.cols))
@@ -297,4 +289,3 @@ void simd_attention(MatrixView<const float> q, MatrixView<const float> k, Matrix
   tiled_attention<SimdTiles<Arch>>(q, k, v, out, lse, scale, masks, options);
 }
 
-}  // namespace sdpa::kernels

@@ -1,4 +1,4 @@
-// sdpa/detail/online_softmax.hpp - softmax over key tiles that arrive one at a time.
+// sdpa/kernels/online_softmax-inl.hpp - softmax over key tiles that arrive one at a time.
 //
 // softmax(s)_j = 2^(s_j - m) / sum_k 2^(s_k - m) for any m; the stable choice is m = max s.
 // The tiled kernels never see a whole row of scores, so each row keeps a running max m and
@@ -8,21 +8,19 @@
 // Scores here are base 2 (the kernels fold log2(e) into the scale): 2^x is cheaper than e^x.
 //
 // The sum is kept as one partial sum per lane and added across lanes once, at the end.
-#pragma once
-
-#include "../views.hpp"
-
-#include <cmath>
-#include <limits>
-
-namespace sdpa::detail {
+//
+// A per-target file (see simd/exp-inl.hpp): included by kernels/targets.hpp only.
 
 template <class V>
 struct OnlineSoftmaxRow {
   using T = typename V::value_type;
-  T running_max = -std::numeric_limits<T>::infinity();  // no key seen yet
-  V shift = V::zero();          // running_max in every lane, or 0 while it is -inf
-  V running_sum = V::zero();    // one partial sum per lane
+  T running_max;    // -inf until a visible key has been seen
+  V shift;          // running_max in every lane, or 0 while it is -inf
+  V running_sum;    // one partial sum per lane
+
+  // Written out (not default member initialisers) so that the constructor is defined here,
+  // inside the target's attributes: an implicit one would be compiled without them.
+  OnlineSoftmaxRow() : running_max(-std::numeric_limits<T>::infinity()), shift(V::zero()), running_sum(V::zero()) {}
 
   /// Step 1 of folding in a tile whose largest score is tile_max: raises the running max and
   /// returns the shift the tile's weights 2^(s - shift) use; `rescale` receives the factor for
@@ -63,7 +61,7 @@ struct OnlineSoftmaxRow {
   }
 
   /// What the accumulated output is multiplied by at the end: 1/l, and 0 for a fully masked
-  /// row (DESIGN.md: its output is 0). NaN stays NaN.
+  /// row (docs/design.md: its output is 0). NaN stays NaN.
   T normaliser() const {
     const T sum = reduce_add(running_sum);
     return sum == T(0) ? T(0) : T(1) / sum;
@@ -83,4 +81,3 @@ struct OnlineSoftmaxRow {
   }
 };
 
-}  // namespace sdpa::detail

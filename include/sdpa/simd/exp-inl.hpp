@@ -1,4 +1,4 @@
-// sdpa/simd/exp.hpp - exp2 and exp for float vectors, written once over the Vec ops.
+// sdpa/simd/exp-inl.hpp - exp2 and exp for float vectors, written once over the Vec ops.
 //
 // Both reduce to 2^f * 2^n with n an integer and |f| <= 1/2; 2^f comes from Cephes'
 // degree-6 minimax polynomial (exp2f.c) and 2^n from the exponent bits.
@@ -8,15 +8,12 @@
 //   * below that, tiny results are denormal or +0 (+0 from x <= -126.5 for exp2), so -inf
 //     gives exactly 0: a masked score contributes nothing, with no special case in the kernels;
 //   * above it the result is +inf; NaN in, NaN out.
-#pragma once
+//
+// A per-target file: kernels/targets.hpp includes it once inside each target's namespace
+// and attributes (so the same source compiles for AVX-512, AVX2, NEON and scalar). No
+// include guard, no includes: do not include it anywhere else.
 
-#include "arch.hpp"
-
-#include <limits>
-
-namespace sdpa::simd {
-
-namespace detail {
+namespace exp_detail {
 /// 2^f * 2^n for |f| <= 1/2 and n integral in [-127, 127]; n = -127 gives exactly 0.
 template <class V>
 SDPA_ALWAYS_INLINE V exp2_reduced(V f, V n) {
@@ -35,7 +32,7 @@ template <class V>
 SDPA_ALWAYS_INLINE V overflow_to_inf(V result, V x, float highest) {
   return select(less(V::broadcast(highest), x), V::broadcast(std::numeric_limits<float>::infinity()), result);
 }
-}  // namespace detail
+}  // namespace exp_detail
 
 /// 2^x for x <= 127, the softmax kernels' case (x = score - running max <= 0). Inputs below
 /// -127 clamp to it, where 2^n's exponent bits are all zero: the result is exactly +0 with no
@@ -44,13 +41,13 @@ template <class V>
 SDPA_ALWAYS_INLINE V exp2_no_overflow(V x) {
   const V clamped = max(x, V::broadcast(-127.0f));  // NaN stays in (max keeps its first operand)
   const V n = round_nearest(clamped);
-  return detail::exp2_reduced(clamped - n, n);
+  return exp_detail::exp2_reduced(clamped - n, n);
 }
 
 /// 2^x, elementwise, for any x.
 template <class V>
 SDPA_ALWAYS_INLINE V exp2(V x) {
-  return detail::overflow_to_inf(exp2_no_overflow(min(x, V::broadcast(127.0f))), x, 127.0f);
+  return exp_detail::overflow_to_inf(exp2_no_overflow(min(x, V::broadcast(127.0f))), x, 127.0f);
 }
 
 /// e^x, elementwise. Cody-Waite reduction: x = n ln2 + r with ln2 split in two parts so
@@ -65,7 +62,6 @@ SDPA_ALWAYS_INLINE V exp(V x) {
   const V clamped = min(max(x, V::broadcast(kLowest)), V::broadcast(kHighest));
   const V n = round_nearest(clamped * V::broadcast(kLog2e));
   const V r = fma(n, V::broadcast(-kLn2Lo), fma(n, V::broadcast(-kLn2Hi), clamped));
-  return detail::overflow_to_inf(detail::exp2_reduced(r * V::broadcast(kLog2e), n), x, kHighest);
+  return exp_detail::overflow_to_inf(exp_detail::exp2_reduced(r * V::broadcast(kLog2e), n), x, kHighest);
 }
 
-}  // namespace sdpa::simd

@@ -1,0 +1,172 @@
+// sdpa/isa.hpp - which instruction set runs the kernels: what the build has, what the CPU
+// has, which one runs, and how to choose another.
+#pragma once
+
+#include "config.hpp"
+
+#include <atomic>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#if SDPA_ARCH_AARCH64 && defined(__linux__)
+#include <sys/auxv.h>
+#endif
+
+namespace sdpa {
+
+/// The instruction sets sdpa has kernels for, from narrowest to widest.
+enum class Isa {
+  scalar,  ///< width-1 C++ (any CPU)
+  neon,    ///< AArch64 Advanced SIMD, 4 floats
+  avx2,    ///< x86-64 AVX2 + FMA (+ BMI1/2), 8 floats
+  avx512,  ///< x86-64 AVX-512 F/DQ/BW/VL/CD (the x86-64-v4 level), 16 floats
+};
+
+/// Thrown by the first sdpa call when the CPU lacks the instruction set the code was
+/// compiled for (static mode), or when SDPA_ISA / set_isa asks for one it lacks.
+class unsupported_cpu : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+}  // namespace sdpa
+
+SDPA_BEGIN_NAMESPACE
+
+/// "scalar", "neon", "avx2" or "avx512".
+inline const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::neon: return "neon";
+    case Isa::avx2: return "avx2";
+    case Isa::avx512: return "avx512";
+    default: return "scalar";
+  }
+}
+
+namespace detail {
+/// SDPA_CPU_DISABLE=avx512[,avx2,...] in the environment: behave as if the CPU lacked those
+/// ISAs (to try the AVX2 path of a dispatch build on an AVX-512 machine, or to see the error a
+/// static build gives on an older CPU, as the tests do).
+inline bool disabled_by_environment(Isa isa) {
+  const char* list = std::getenv("SDPA_CPU_DISABLE");
+  if (!list) return false;
+  const std::string names = std::string(",") + list + ",", name = std::string(",") + isa_name(isa) + ",";
+  return names.find(name) != std::string::npos;
+}
+}  // namespace detail
+
+/// True when this CPU (and its operating system, which must save the wider registers) can
+/// run kernels of `isa`, and SDPA_CPU_DISABLE does not name it.
+inline bool cpu_supports(Isa isa) {
+  if (isa != Isa::scalar && detail::disabled_by_environment(isa)) return false;
+  switch (isa) {
+    case Isa::scalar: return true;
+#if SDPA_ARCH_X86_64 && (defined(__GNUC__) || defined(__clang__))
+    case Isa::avx2:  // __builtin_cpu_supports also checks that the OS saves the ymm/zmm state
+      __builtin_cpu_init();
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&
+             __builtin_cpu_supports("bmi2");
+    case Isa::avx512:
+      return cpu_supports(Isa::avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+             __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+             __builtin_cpu_supports("avx512cd");
+#elif SDPA_ARCH_X86_64
+    case Isa::avx2: return SDPA_BUILD_AVX2 != 0;  // no way to ask: trust the build
+    case Isa::avx512: return SDPA_BUILD_AVX512 != 0;
+#endif
+#if SDPA_ARCH_AARCH64 && defined(__linux__) && defined(HWCAP_ASIMD)
+    case Isa::neon: return (getauxval(AT_HWCAP) & HWCAP_ASIMD) != 0;
+#elif SDPA_ARCH_AARCH64
+    case Isa::neon: return true;  // Advanced SIMD is part of every AArch64 CPU the ABI allows
+#endif
+    default: return false;
+  }
+}
+
+/// The ISAs whose kernels this translation unit was compiled with, widest first. Static
+/// mode: the build's own and scalar; dispatch mode: every one of the architecture.
+inline std::vector<Isa> compiled_isas() {
+  std::vector<Isa> isas;
+  if (SDPA_TARGET_AVX512) isas.push_back(Isa::avx512);
+  if (SDPA_TARGET_AVX2) isas.push_back(Isa::avx2);
+  if (SDPA_TARGET_NEON) isas.push_back(Isa::neon);
+  isas.push_back(Isa::scalar);
+  return isas;
+}
+
+namespace detail {
+
+inline bool compiled(Isa isa) {
+  for (const Isa have : compiled_isas())
+    if (have == isa) return true;
+  return false;
+}
+
+inline std::string isa_list() {
+  std::string names;
+  for (const Isa isa : compiled_isas()) names += std::string(names.empty() ? "" : ", ") + isa_name(isa);
+  return names;
+}
+
+/// The widest ISA of this architecture that the CPU supports, by name.
+inline const char* widest_supported() {
+  for (const Isa isa : {Isa::avx512, Isa::avx2, Isa::neon})
+    if (cpu_supports(isa)) return isa_name(isa);
+  return "scalar";
+}
+
+/// `isa`, after checking that the build has it and the CPU can run it; `source` says who asked.
+inline Isa checked_isa(Isa isa, const std::string& source) {
+  if (!compiled(isa))
+    throw std::invalid_argument("sdpa: " + source + " asks for " + isa_name(isa) + ", but this build has only " +
+                                isa_list() + (SDPA_DISPATCH ? "" : " (build with SDPA_DISPATCH for every ISA)"));
+  if (!cpu_supports(isa))
+    throw unsupported_cpu("sdpa: " + source + " asks for " + isa_name(isa) + ", but this CPU does not support it");
+  return isa;
+}
+
+/// The ISA the first call settles on: SDPA_ISA from the environment when set; otherwise, in
+/// dispatch mode, the widest the CPU supports, and in static mode the build's own, which the
+/// CPU must support (a clear error here instead of an illegal instruction later).
+inline Isa initial_isa() {
+  if (const char* requested = std::getenv("SDPA_ISA"); requested && *requested) {
+    for (const Isa isa : {Isa::scalar, Isa::neon, Isa::avx2, Isa::avx512})
+      if (std::string(requested) == isa_name(isa)) return checked_isa(isa, std::string("SDPA_ISA=") + requested);
+    throw std::invalid_argument(std::string("sdpa: SDPA_ISA=") + requested + " names no ISA; this build has " +
+                                isa_list());
+  }
+  const std::vector<Isa> isas = compiled_isas();
+  if (SDPA_DISPATCH) {
+    for (const Isa isa : isas)
+      if (cpu_supports(isa)) return isa;
+  }
+  const Isa built = isas.front();
+  if (!cpu_supports(built))
+    throw unsupported_cpu(std::string("sdpa: this code was compiled for ") + isa_name(built) +
+                          " (its -march flags), but this CPU supports only " + widest_supported() +
+                          ": build it for this CPU, or with SDPA_DISPATCH to choose at run time");
+  return built;
+}
+
+inline std::atomic<Isa>& active_isa() {
+  static std::atomic<Isa> active{initial_isa()};  // throws, and is retried, until it succeeds
+  return active;
+}
+
+}  // namespace detail
+
+/// The ISA whose kernels run. The first call decides (see docs/design.md, "Dispatch") and
+/// throws sdpa::unsupported_cpu if the CPU cannot run what was asked for or compiled.
+inline Isa isa() { return detail::active_isa().load(std::memory_order_relaxed); }
+
+/// Runs every later call with the kernels of `isa` (tests, benchmarks, or a user who knows
+/// better). Throws std::invalid_argument if this build lacks them and sdpa::unsupported_cpu
+/// if the CPU does. Not meant to be called while other threads run attention.
+inline void set_isa(Isa isa) {
+  const Isa checked = detail::checked_isa(isa, "set_isa");
+  detail::active_isa().store(checked, std::memory_order_relaxed);
+}
+
+SDPA_END_NAMESPACE

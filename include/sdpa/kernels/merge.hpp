@@ -1,0 +1,31 @@
+// sdpa/kernels/merge.hpp - two partial attention results over disjoint keys, made one.
+#pragma once
+
+#include "../config.hpp"
+#include "../views.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+SDPA_BEGIN_NAMESPACE
+namespace kernels {
+
+/// Merges partial results over disjoint key sets, in place: (out, lse) becomes the attention
+/// over both sets. o = (e^(lse - m) o + e^(lse_b - m) o_b) / (e^(lse - m) + e^(lse_b - m)) with
+/// m the larger LSE; an empty part (LSE -inf) weighs nothing.
+template <class T>
+void merge_partial(MatrixView<T> out, T* lse, MatrixView<const T> out_b, const T* lse_b) {
+  for (Index i = 0; i < out.rows; ++i) {
+    const T m = std::max(lse[i], lse_b[i]);
+    if (m == -std::numeric_limits<T>::infinity()) continue;  // both empty: stays 0, -inf
+    const T wa = std::exp(lse[i] - m), wb = std::exp(lse_b[i] - m), total = wa + wb;
+    T* o = out.row(i);
+    const T* ob = out_b.row(i);
+    for (Index c = 0; c < out.cols; ++c) o[c] = (wa * o[c] + wb * ob[c]) / total;
+    lse[i] = m + std::log(total);
+  }
+}
+
+}  // namespace kernels
+SDPA_END_NAMESPACE

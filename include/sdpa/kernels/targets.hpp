@@ -1,0 +1,154 @@
+// sdpa/kernels/targets.hpp - the tiled kernels, compiled once per target ISA, and the switch
+// that runs the chosen one.
+//
+// The tiled loop, the online softmax, exp and the microkernels are written once, generic over
+// the vector type, in the *-inl.hpp files. This header includes them once per target, each
+// time inside that target's namespace (kernels::avx512, kernels::avx2, kernels::neon,
+// kernels::scalar) and, for an ISA beyond the build's flags (dispatch mode), between
+// SDPA_TARGET_BEGIN/END, which compile every function in between for that ISA. This is
+// Highway's foreach_target technique with the target list fixed here (docs/design.md,
+// "Dispatch"). The scalar target is compiled with the build's own flags and also runs the
+// Blocked path.
+#pragma once
+
+#include "../detail/mask_policy.hpp"
+#include "../detail/parallel.hpp"
+#include "../detail/scratch.hpp"
+#include "../isa.hpp"
+#include "../options.hpp"
+#include "../simd/arch.hpp"
+#include "../simd/scalar.hpp"
+#include "block_config.hpp"
+#include "merge.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#if SDPA_TARGET_AVX2 || SDPA_TARGET_AVX512
+#include <immintrin.h>
+#endif
+#if SDPA_TARGET_NEON
+#include <arm_neon.h>
+#endif
+
+SDPA_BEGIN_NAMESPACE
+namespace kernels {
+
+/// One target's microkernels behind plain function pointers (kernels/testing-inl.hpp), for
+/// tests that call each at every size; `microkernels(isa)` returns a target's set.
+struct MicrokernelSet {
+  int width;        ///< floats per vector
+  int rows;         ///< R: rows of the register block of the score and value microkernels
+  int vectors;      ///< C: vectors per row of the block (a key tile row is C * width keys)
+  int decode_rows;  ///< rows of the decode microkernels (RowTiles)
+  /// s (rows, C W) = q (rows, d_k) kt (d_k, C W), rows in [1, R]
+  void (*score_block)(Index rows, const float* q, Index dk, const float* kt, Index kt_ld, float* s, Index s_ld);
+  /// the same scores folded into each row's online softmax: p = 2^(s - max'), rescale =
+  /// 2^(max - max'); running_max and running_sum are each row's state, read and updated
+  void (*score_softmax_block)(Index rows, const float* q, Index dk, const float* kt, Index kt_ld, float* p,
+                              Index p_ld, float* running_max, float* running_sum, float* rescale);
+  /// acc (rows, vectors W) = rescale acc + p (rows, keys) v (keys, vectors W), rows in [1, R],
+  /// vectors C or 1
+  void (*value_block)(Index rows, Index vectors, const float* p, Index p_ld, Index keys, const float* v, Index v_ld,
+                      const float* rescale, float* acc, Index acc_ld);
+  /// decoding: s (rows, keys) = q (rows, d_k) K^T with K's rows read in place; d_k a multiple of W
+  void (*row_scores)(Index rows, const float* q, Index dk, const float* k, Index k_ld, Index keys, float* s,
+                     Index s_ld);
+  /// decoding: acc (rows, d_v) = rescale acc + p V with V's rows read in place; d_v a multiple of W
+  void (*row_accumulate)(Index rows, const float* p, Index p_ld, Index keys, const float* v, Index v_ld, Index dv,
+                         const float* rescale, float* acc);
+  /// elementwise over n floats (n a multiple of width): 2^x, e^x, max(x, 1), min(x, 1)
+  void (*exp2)(const float* x, float* y, Index n);
+  void (*exp)(const float* x, float* y, Index n);
+  void (*max_with_one)(const float* x, float* y, Index n);
+  void (*min_with_one)(const float* x, float* y, Index n);
+};
+
+}  // namespace kernels
+SDPA_END_NAMESPACE
+
+// Opens (closes) a target's namespace, where target-inl.hpp's files find `Arch`, the
+// target's vector tag, and `kIsa`, its Isa.
+#define SDPA_TARGET_KERNELS(name, isa_value)          \
+  SDPA_BEGIN_NAMESPACE namespace kernels {            \
+  namespace name {                                    \
+  using Arch = simd::name;                            \
+  inline constexpr Isa kIsa = isa_value;
+#define SDPA_TARGET_KERNELS_END \
+  }                             \
+  }                             \
+  SDPA_END_NAMESPACE
+
+#if SDPA_TARGET_AVX512
+#if !SDPA_BUILD_AVX512
+SDPA_TARGET_BEGIN(SDPA_FEATURES_AVX512)
+#endif
+#include "../simd/avx512.hpp"
+SDPA_TARGET_KERNELS(avx512, Isa::avx512)
+#include "target-inl.hpp"
+SDPA_TARGET_KERNELS_END
+#if !SDPA_BUILD_AVX512
+SDPA_TARGET_END
+#endif
+#endif
+
+#if SDPA_TARGET_AVX2
+#if !SDPA_BUILD_AVX2
+SDPA_TARGET_BEGIN(SDPA_FEATURES_AVX2)
+#endif
+#include "../simd/avx2.hpp"
+SDPA_TARGET_KERNELS(avx2, Isa::avx2)
+#include "target-inl.hpp"
+SDPA_TARGET_KERNELS_END
+#if !SDPA_BUILD_AVX2
+SDPA_TARGET_END
+#endif
+#endif
+
+#if SDPA_TARGET_NEON  // NEON is part of every AArch64 baseline: no attributes needed
+#include "../simd/neon.hpp"
+SDPA_TARGET_KERNELS(neon, Isa::neon)
+#include "target-inl.hpp"
+SDPA_TARGET_KERNELS_END
+#endif
+
+SDPA_TARGET_KERNELS(scalar, Isa::scalar)  // always, with the build's own flags
+#include "target-inl.hpp"
+SDPA_TARGET_KERNELS_END
+
+#undef SDPA_TARGET_KERNELS
+#undef SDPA_TARGET_KERNELS_END
+
+SDPA_BEGIN_NAMESPACE
+namespace kernels {
+
+/// Calls f(Target{}) with the Target (kernels/entry-inl.hpp) of `isa`, which this build must
+/// have (sdpa::isa() and set_isa() guarantee it).
+template <class F>
+decltype(auto) with_target(Isa isa, F&& f) {
+  switch (isa) {
+#if SDPA_TARGET_AVX512
+    case Isa::avx512: return f(avx512::Target{});
+#endif
+#if SDPA_TARGET_AVX2
+    case Isa::avx2: return f(avx2::Target{});
+#endif
+#if SDPA_TARGET_NEON
+    case Isa::neon: return f(neon::Target{});
+#endif
+    default: return f(scalar::Target{});
+  }
+}
+
+/// The microkernels of `isa`, for tests (kernels/testing-inl.hpp).
+inline MicrokernelSet microkernels(Isa isa) {
+  return with_target(detail::checked_isa(isa, "kernels::microkernels"), [](auto target) {
+    return decltype(target)::microkernels();
+  });
+}
+
+}  // namespace kernels
+SDPA_END_NAMESPACE

@@ -1,0 +1,2 @@
+#include "attend.inc"
+SDPA_MIX_ATTEND(attend_avx2_build)

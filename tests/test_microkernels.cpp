@@ -1,0 +1,184 @@
+// Each microkernel of the ISA under test, alone, at every height 1..R (XNNPACK's microkernel
+// tester idea): the score block, the fused score-softmax block, the value block and the
+// decode row tiles, against double-precision loops, with tolerances from the error bound
+// of a float dot product (|error| <= n eps sum |a_i b_i|, Higham's gamma_n, doubled for
+// safety). Output rows past the height hold NaN and must stay NaN: a microkernel of height
+// h writes h rows. CTest runs this file once per ISA the build has (SDPA_ISA).
+#include "catch.hpp"
+#include "support.hpp"
+
+#include <sdpa/attention.hpp>
+
+using namespace sdpa_test;
+
+namespace {
+
+const float kNaN = std::numeric_limits<float>::quiet_NaN();
+const double kEps = std::numeric_limits<float>::epsilon();
+
+std::vector<float> random_floats(std::size_t n, std::mt19937_64& gen, double lo = -1, double hi = 1) {
+  std::uniform_real_distribution<double> dist(lo, hi);
+  std::vector<float> x(n);
+  for (float& v : x) v = float(dist(gen));
+  return x;
+}
+
+/// a ~ b within n eps sum|terms| (doubled), the bound of an n-term float dot product.
+bool close(double got, double want, double abs_terms, Index n) {
+  return std::fabs(got - want) <= 2.0 * double(n + 1) * kEps * abs_terms + 1e-30;
+}
+
+sdpa::kernels::MicrokernelSet under_test() { return sdpa::kernels::microkernels(sdpa::isa()); }
+
+}  // namespace
+
+TEST_CASE("score block: s = q kt at every height", "[microkernels]") {
+  const auto mk = under_test();
+  const Index keys = Index(mk.vectors) * mk.width, kt_ld = keys + 3, s_ld = keys + 5;
+  auto gen = rng(11);
+  for (Index rows = 1; rows <= mk.rows; ++rows)
+    for (const Index dk : {Index(1), Index(3), Index(16), Index(17)}) {
+      const auto q = random_floats(std::size_t(rows * dk), gen), kt = random_floats(std::size_t(dk * kt_ld), gen);
+      std::vector<float> s(std::size_t(mk.rows * s_ld), kNaN);
+      mk.score_block(rows, q.data(), dk, kt.data(), kt_ld, s.data(), s_ld);
+      CAPTURE(sdpa::isa_name(sdpa::isa()), rows, dk);
+      for (Index r = 0; r < mk.rows; ++r)
+        for (Index c = 0; c < keys; ++c) {
+          const float got = s[std::size_t(r * s_ld + c)];
+          if (r >= rows) {
+            CHECK(std::isnan(got));
+            continue;
+          }
+          double want = 0, terms = 0;
+          for (Index e = 0; e < dk; ++e) {
+            const double term = double(q[std::size_t(r * dk + e)]) * kt[std::size_t(e * kt_ld + c)];
+            want += term;
+            terms += std::fabs(term);
+          }
+          CHECK(close(got, want, terms, dk));
+        }
+    }
+}
+
+TEST_CASE("fused score-softmax block: weights, rescale and running state at every height", "[microkernels]") {
+  const auto mk = under_test();
+  const Index keys = Index(mk.vectors) * mk.width, dk = 8, kt_ld = keys, p_ld = keys + 1;
+  const double inf = std::numeric_limits<double>::infinity();
+  auto gen = rng(12);
+  for (Index rows = 1; rows <= mk.rows; ++rows)
+    for (const double old_max : {-inf, -30.0, 0.5, 40.0}) {  // no key yet; raised; maybe; never raised
+      const auto q = random_floats(std::size_t(rows * dk), gen, -3, 3), kt = random_floats(std::size_t(dk * kt_ld), gen);
+      std::vector<float> p(std::size_t(mk.rows * p_ld), kNaN), rescale(std::size_t(mk.rows), kNaN);
+      std::vector<float> running_max(std::size_t(mk.rows), float(old_max));
+      std::vector<float> running_sum(std::size_t(mk.rows), old_max == -inf ? 0.0f : 3.0f);
+      mk.score_softmax_block(rows, q.data(), dk, kt.data(), kt_ld, p.data(), p_ld, running_max.data(),
+                             running_sum.data(), rescale.data());
+      CAPTURE(sdpa::isa_name(sdpa::isa()), rows, old_max);
+      for (Index r = 0; r < rows; ++r) {
+        std::vector<double> s(static_cast<std::size_t>(keys), 0.0);
+        double tile_max = -inf, score_error = 0;
+        for (Index c = 0; c < keys; ++c) {
+          double terms = 0;
+          for (Index e = 0; e < dk; ++e) {
+            const double term = double(q[std::size_t(r * dk + e)]) * kt[std::size_t(e * kt_ld + c)];
+            s[std::size_t(c)] += term;
+            terms += std::fabs(term);
+          }
+          score_error = std::max(score_error, 2.0 * double(dk + 1) * kEps * terms);
+          tile_max = std::max(tile_max, s[std::size_t(c)]);
+        }
+        const double new_max = std::max(old_max, tile_max);
+        // 2^(s - max) with s off by score_error (twice: s and the max) and exp2 within 2 eps
+        const double weight_tolerance = 4 * kEps + 2 * std::log(2.0) * score_error;
+        double sum = 0;
+        for (Index c = 0; c < keys; ++c) {
+          const double want = std::exp2(s[std::size_t(c)] - new_max);
+          sum += want;
+          CHECK(std::fabs(p[std::size_t(r * p_ld + c)] - want) <= weight_tolerance * std::max(want, 1e-30));
+        }
+        const double want_rescale = old_max == -inf ? 0.0 : std::exp2(old_max - new_max);
+        CHECK(std::fabs(rescale[std::size_t(r)] - want_rescale) <= weight_tolerance * want_rescale);
+        CHECK(std::fabs(running_max[std::size_t(r)] - new_max) <= score_error);
+        const double want_sum = (old_max == -inf ? 0.0 : 3.0 * want_rescale) + sum;
+        CHECK(std::fabs(running_sum[std::size_t(r)] - want_sum) <= (weight_tolerance + keys * kEps) * want_sum);
+      }
+      for (Index r = rows; r < mk.rows; ++r) CHECK(std::isnan(p[std::size_t(r * p_ld)]));
+    }
+}
+
+TEST_CASE("value block: acc = rescale acc + p v at every height, full and single vectors", "[microkernels]") {
+  const auto mk = under_test();
+  auto gen = rng(13);
+  for (Index rows = 1; rows <= mk.rows; ++rows)
+    for (const Index vectors : {Index(mk.vectors), Index(1)})
+      for (const Index keys : {Index(1), Index(5), Index(64)}) {
+        const Index cols = vectors * mk.width, v_ld = Index(mk.vectors) * mk.width + 2, acc_ld = cols + 4,
+                    p_ld = keys + 3;
+        const auto p = random_floats(std::size_t(rows * p_ld), gen, 0, 1), v = random_floats(std::size_t(keys * v_ld), gen),
+                   rescale = random_floats(std::size_t(rows), gen, 0, 1);
+        std::vector<float> acc = random_floats(std::size_t(mk.rows * acc_ld), gen);
+        for (Index r = rows; r < mk.rows; ++r) acc[std::size_t(r * acc_ld)] = kNaN;
+        const std::vector<float> before = acc;
+        mk.value_block(rows, vectors, p.data(), p_ld, keys, v.data(), v_ld, rescale.data(), acc.data(), acc_ld);
+        CAPTURE(sdpa::isa_name(sdpa::isa()), rows, vectors, keys);
+        for (Index r = 0; r < rows; ++r)
+          for (Index c = 0; c < cols; ++c) {
+            double want = double(rescale[std::size_t(r)]) * before[std::size_t(r * acc_ld + c)];
+            double terms = std::fabs(want);
+            for (Index j = 0; j < keys; ++j) {
+              const double term = double(p[std::size_t(r * p_ld + j)]) * v[std::size_t(j * v_ld + c)];
+              want += term;
+              terms += std::fabs(term);
+            }
+            CHECK(close(acc[std::size_t(r * acc_ld + c)], want, terms, keys + 1));
+          }
+        for (Index r = rows; r < mk.rows; ++r) CHECK(std::isnan(acc[std::size_t(r * acc_ld)]));
+      }
+}
+
+TEST_CASE("decode row tiles: scores and values read in place at every row count", "[microkernels]") {
+  const auto mk = under_test();
+  auto gen = rng(14);
+  for (Index rows = 1; rows <= mk.decode_rows; ++rows)
+    for (const Index d : {Index(mk.width), Index(3 * mk.width)})
+      for (const Index keys : {Index(1), Index(7), Index(33)}) {
+        CAPTURE(sdpa::isa_name(sdpa::isa()), rows, d, keys);
+        // K and V rows in place, with NaN padding past d that must never be read
+        const Index ld = d + mk.width, s_ld = keys + 2;
+        std::vector<float> k = random_floats(std::size_t(keys * ld), gen), v = random_floats(std::size_t(keys * ld), gen);
+        for (Index j = 0; j < keys; ++j)
+          for (Index e = d; e < ld; ++e) k[std::size_t(j * ld + e)] = v[std::size_t(j * ld + e)] = kNaN;
+        const auto q = random_floats(std::size_t(rows * d), gen);
+        std::vector<float> s(std::size_t(mk.decode_rows * s_ld), kNaN);
+        mk.row_scores(rows, q.data(), d, k.data(), ld, keys, s.data(), s_ld);
+        for (Index r = 0; r < rows; ++r)
+          for (Index c = 0; c < keys; ++c) {
+            double want = 0, terms = 0;
+            for (Index e = 0; e < d; ++e) {
+              const double term = double(q[std::size_t(r * d + e)]) * k[std::size_t(c * ld + e)];
+              want += term;
+              terms += std::fabs(term);
+            }
+            CHECK(close(s[std::size_t(r * s_ld + c)], want, terms, d));
+          }
+        for (Index r = rows; r < mk.decode_rows; ++r) CHECK(std::isnan(s[std::size_t(r * s_ld)]));
+
+        const auto p = random_floats(std::size_t(rows * s_ld), gen, 0, 1), rescale = random_floats(std::size_t(rows), gen, 0, 1);
+        std::vector<float> acc = random_floats(std::size_t(mk.decode_rows * d), gen);
+        for (Index r = rows; r < mk.decode_rows; ++r) acc[std::size_t(r * d)] = kNaN;
+        const std::vector<float> before = acc;
+        mk.row_accumulate(rows, p.data(), s_ld, keys, v.data(), ld, d, rescale.data(), acc.data());
+        for (Index r = 0; r < rows; ++r)
+          for (Index c = 0; c < d; ++c) {
+            double want = double(rescale[std::size_t(r)]) * before[std::size_t(r * d + c)];
+            double terms = std::fabs(want);
+            for (Index j = 0; j < keys; ++j) {
+              const double term = double(p[std::size_t(r * s_ld + j)]) * v[std::size_t(j * ld + c)];
+              want += term;
+              terms += std::fabs(term);
+            }
+            CHECK(close(acc[std::size_t(r * d + c)], want, terms, keys + 1));
+          }
+        for (Index r = rows; r < mk.decode_rows; ++r) CHECK(std::isnan(acc[std::size_t(r * d)]));
+      }
+}
