@@ -1,4 +1,7 @@
 // sdpa/attention.hpp - attention(), attention_into(), attention_weights(): validate, then dispatch.
+/// \file
+/// Attention on one head: attention(), attention_into(), attention_weights(), merge_attention(),
+/// attention_weights_from_lse(), and the Eigen aliases Matrix, Vector, ConstRef and Ref.
 #pragma once
 
 #include "detail/validate.hpp"
@@ -15,6 +18,7 @@
 
 SDPA_BEGIN_NAMESPACE
 
+/// A dynamic-size row-major Eigen matrix: what sdpa's functions return.
 template <class T>
 using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
@@ -103,6 +107,8 @@ void attention_into(const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>&
                            detail::view_of(out), options);
 }
 
+/// A dynamic-size Eigen column vector: the per-row log-sum-exps (`lse`) of attention_into(),
+/// merge_attention() and attention_weights_from_lse().
 template <class T>
 using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
 

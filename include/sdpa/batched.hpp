@@ -1,5 +1,8 @@
 // sdpa/batched.hpp - attention over [batch, heads, tokens, head_dim] views, with grouped-query
 // heads, per-sequence padding and broadcast masks; threads across batch x heads x query tiles.
+/// \file
+/// Batched attention over TensorView arguments: every sequence and head of a batch, with
+/// grouped-query heads, per-sequence padding and broadcast masks.
 #pragma once
 
 #include "attention.hpp"
@@ -89,7 +92,7 @@ void validate_batched(const TensorView<const T>& q, const TensorView<const T>& k
 /// Attention for every sequence of a batch and every head: out[b, h] = softmax(scale Q[b, h]
 /// K[b, g(h)]^T + masks) V[b, g(h)], where g(h) = h / (H_q / H_kv) lets H_q query heads share
 /// H_kv key/value heads (grouped-query attention; H_kv = 1 is multi-query) without copying.
-/// Views are read and written in place, in any layout (TensorView::bhnd, ::bnhd, FusedQKV).
+/// Views are read and written in place, in any layout (TensorView::bhnd, TensorView::bnhd, FusedQKV).
 /// Masks: options.mask / bias / key_lengths apply to every head; options.batch_mask /
 /// batch_bias broadcast over sizes of 1; options.sequence_lengths pads each sequence.
 ///

@@ -18,45 +18,67 @@
 // AVX-512, AVX2+FMA and scalar kernels (NEON and scalar on AArch64), compiled with
 // per-function target attributes, and the first call picks the best the CPU has
 // (docs/design.md, "Dispatch").
+/// \file
+/// The configuration macros: what the build targets, dispatch mode, the ISA-tagged namespace.
 #pragma once
 
 #ifndef SDPA_FORCE_SCALAR
+/// Define to 1 (-DSDPA_FORCE_SCALAR=1) to build the scalar (width-1) kernels only, whatever
+/// the compiler flags; 0 by default.
 #define SDPA_FORCE_SCALAR 0
 #endif
 #ifndef SDPA_DISPATCH
+/// 1 for dispatch mode (CMake option SDPA_DISPATCH, or -DSDPA_DISPATCH=1): every ISA's kernels
+/// are compiled in and the first call picks the best the CPU has. 0 (the default) for static
+/// mode: the kernels of the build's own flags, which the CPU must support.
 #define SDPA_DISPATCH 0
 #endif
 
+/// 1 when compiling for x86-64, 0 otherwise.
 #if defined(__x86_64__) || defined(_M_X64)
 #define SDPA_ARCH_X86_64 1
 #else
 #define SDPA_ARCH_X86_64 0
 #endif
+/// 1 when compiling for AArch64, 0 otherwise.
 #if defined(__aarch64__)
 #define SDPA_ARCH_AARCH64 1
 #else
 #define SDPA_ARCH_AARCH64 0
 #endif
 
-// AVX-512 as the kernels use it: F and DQ, plus BW and VL (the x86-64-v4 level, which is what
-// dispatch mode compiles for and checks).
+/// 1 when the compiler flags enable AVX-512 as the kernels use it: F and DQ, plus BW and VL (the
+/// x86-64-v4 level, which is what dispatch mode compiles for and checks); 0 otherwise or with
+/// SDPA_FORCE_SCALAR.
 #if !SDPA_FORCE_SCALAR && defined(__AVX512F__) && defined(__AVX512DQ__) && defined(__AVX512BW__) && \
     defined(__AVX512VL__)
 #define SDPA_BUILD_AVX512 1
 #else
 #define SDPA_BUILD_AVX512 0
 #endif
+/// 1 when the compiler flags enable AVX2 and FMA; 0 otherwise or with SDPA_FORCE_SCALAR.
 #if !SDPA_FORCE_SCALAR && defined(__AVX2__) && defined(__FMA__)
 #define SDPA_BUILD_AVX2 1
 #else
 #define SDPA_BUILD_AVX2 0
 #endif
+/// 1 when compiling for AArch64 with Advanced SIMD (NEON); 0 otherwise or with SDPA_FORCE_SCALAR.
 #if !SDPA_FORCE_SCALAR && (defined(__ARM_NEON) || defined(__ARM_NEON__)) && SDPA_ARCH_AARCH64
 #define SDPA_BUILD_NEON 1
 #else
 #define SDPA_BUILD_NEON 0
 #endif
 
+/// \def SDPA_TARGET_AVX512
+/// 1 when this translation unit compiles the AVX-512 kernels: in dispatch mode on x86-64 (unless
+/// SDPA_FORCE_SCALAR), in static mode when SDPA_BUILD_AVX512.
+/// \def SDPA_TARGET_AVX2
+/// 1 when this translation unit compiles the AVX2 kernels: in dispatch mode on x86-64 (unless
+/// SDPA_FORCE_SCALAR), in static mode when SDPA_BUILD_AVX2 and not SDPA_BUILD_AVX512 (whose
+/// kernels then run).
+/// \def SDPA_TARGET_NEON
+/// 1 when this translation unit compiles the NEON kernels: in dispatch mode on AArch64 (unless
+/// SDPA_FORCE_SCALAR), in static mode when SDPA_BUILD_NEON.
 #if SDPA_DISPATCH && !SDPA_FORCE_SCALAR
 #if !(defined(__GNUC__) || defined(__clang__))
 #error "SDPA_DISPATCH needs GCC or Clang (per-function target attributes)"
@@ -73,6 +95,8 @@
 // The inline namespace that holds every symbol whose code depends on the ISA: named after
 // the build's own level and the mode, so that two translation units built with different
 // flags never share one (docs/design.md, "One binary, many ISAs").
+/// The build's own ISA level, as a token: `avx512`, `avx2`, `neon` or `scalar`, the widest of
+/// SDPA_BUILD_AVX512, SDPA_BUILD_AVX2 and SDPA_BUILD_NEON that is 1.
 #if SDPA_BUILD_AVX512
 #define SDPA_ISA_LEVEL avx512
 #elif SDPA_BUILD_AVX2
@@ -84,15 +108,18 @@
 #endif
 #define SDPA_CONCAT_(a, b) a##b
 #define SDPA_CONCAT(a, b) SDPA_CONCAT_(a, b)
+/// The name of the inline namespace: `isa_` followed by SDPA_ISA_LEVEL (such as `isa_avx2`), with
+/// `_dispatch` appended in dispatch mode.
 #if SDPA_DISPATCH
 #define SDPA_ISA_NAMESPACE SDPA_CONCAT(SDPA_CONCAT(isa_, SDPA_ISA_LEVEL), _dispatch)
 #else
 #define SDPA_ISA_NAMESPACE SDPA_CONCAT(isa_, SDPA_ISA_LEVEL)
 #endif
-/// Opens (closes) sdpa's ISA-tagged namespace: `namespace sdpa { inline namespace isa_... {`.
+/// Opens sdpa's ISA-tagged namespace: `namespace sdpa { inline namespace isa_... {`.
 #define SDPA_BEGIN_NAMESPACE \
   namespace sdpa {           \
   inline namespace SDPA_ISA_NAMESPACE {
+/// Closes what SDPA_BEGIN_NAMESPACE opens.
 #define SDPA_END_NAMESPACE \
   }                        \
   }
@@ -117,6 +144,8 @@
 #define SDPA_FEATURES_AVX512 "avx512f,avx512dq,avx512bw,avx512vl,avx512cd,avx2,fma,bmi,bmi2,lzcnt,movbe,f16c"
 #define SDPA_FEATURES_AVX2 "avx2,fma,bmi,bmi2,lzcnt,movbe,f16c"
 
+/// 1 when the compiler has OpenMP enabled (_OPENMP), 0 otherwise. Without it a call runs on one
+/// thread unless Options::parallel_for is given.
 #if defined(_OPENMP)
 #define SDPA_HAS_OPENMP 1
 #else

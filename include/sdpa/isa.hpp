@@ -1,5 +1,7 @@
 // sdpa/isa.hpp - which instruction set runs the kernels: what the build has, what the CPU
 // has, which one runs, and how to choose another.
+/// \file
+/// Which instruction set runs the kernels: Isa, isa(), set_isa(), cpu_supports(), compiled_isas().
 #pragma once
 
 #include "config.hpp"

@@ -1,4 +1,6 @@
 // sdpa/kv_cache.hpp - the keys and values of the tokens generated so far.
+/// \file
+/// KVCache: the keys and values of the tokens generated so far.
 #pragma once
 
 #include "attention.hpp"
@@ -15,6 +17,9 @@ namespace sdpa {
 template <class T>
 class KVCache {
  public:
+  /// Allocates room for `capacity` tokens in each of `batch` sequences, all empty: keys of
+  /// `kv_heads` heads of `head_dim` features, values of `value_head_dim`. Throws
+  /// std::invalid_argument unless every size is at least 1.
   KVCache(Index batch, Index kv_heads, Index head_dim, Index value_head_dim, Index capacity)
       : batch_(batch), kv_heads_(kv_heads), head_dim_(head_dim), value_head_dim_(value_head_dim), capacity_(capacity),
         lengths_(std::size_t(std::max<Index>(batch, 0)), 0) {
@@ -25,11 +30,17 @@ class KVCache {
     values_.resize(std::size_t(batch * kv_heads * capacity * value_head_dim));
   }
 
+  /// Number of sequences.
   Index batch() const { return batch_; }
+  /// Key/value heads per token.
   Index kv_heads() const { return kv_heads_; }
+  /// Features per key head (d_k).
   Index head_dim() const { return head_dim_; }
+  /// Features per value head (d_v).
   Index value_head_dim() const { return value_head_dim_; }
+  /// Tokens each sequence can hold.
   Index capacity() const { return capacity_; }
+  /// Tokens cached so far in `sequence`; throws std::invalid_argument outside [0, batch()).
   Index length(Index sequence) const { return lengths_[std::size_t(checked(sequence))]; }
 
   /// Appends n tokens to `sequence`: keys n x (kv_heads head_dim), values n x (kv_heads
@@ -55,15 +66,18 @@ class KVCache {
     lengths_[std::size_t(sequence)] = start + n;
   }
 
-  /// The cached keys (values) of one head of one sequence: length x head_dim, in place.
+  /// The cached keys of one head of one sequence: length(sequence) x head_dim(), in place.
   MatrixView<const T> keys(Index sequence, Index head) const {
     return {key_row(sequence, head, 0), length(sequence), head_dim_, head_dim_};
   }
+  /// The cached values of one head of one sequence: length(sequence) x value_head_dim(), in place.
   MatrixView<const T> values(Index sequence, Index head) const {
     return {value_row(sequence, head, 0), length(sequence), value_head_dim_, value_head_dim_};
   }
 
+  /// Empties `sequence` (its memory stays allocated); throws std::invalid_argument outside [0, batch()).
   void clear(Index sequence) { lengths_[std::size_t(checked(sequence))] = 0; }
+  /// Empties every sequence.
   void clear() { std::fill(lengths_.begin(), lengths_.end(), 0); }
 
  private:

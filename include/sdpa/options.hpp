@@ -1,4 +1,6 @@
 // sdpa/options.hpp - everything a call can be told: scale, causal, masks, kernel, blocks, threads.
+/// \file
+/// Options and what they hold: Kernel, BlockConfig, Bias, ParallelFor.
 #pragma once
 
 #include "views.hpp"
@@ -34,23 +36,34 @@ using ParallelFor = std::function<void(Index count, const std::function<void(Ind
 /// An additive bias added to the scaled scores, float or double whatever the inputs are.
 /// Nq x Nk, or 1 x Nk to broadcast over queries. -inf forbids a pair; finite values shift it.
 struct Bias {
+  /// The bias when it is float; empty otherwise.
   MatrixView<const float> f32;
+  /// The bias when it is double; empty otherwise.
   MatrixView<const double> f64;
 
+  /// No bias.
   Bias() = default;
+  /// A float bias.
   Bias(MatrixView<const float> v) : f32(v) {}   // NOLINT(google-explicit-constructor)
+  /// A double bias.
   Bias(MatrixView<const double> v) : f64(v) {}  // NOLINT(google-explicit-constructor)
+  /// Views a float or double Eigen object with direct access (Matrix, Map, Ref, Block of those).
   template <class Derived, class = std::enable_if_t<
                                (Eigen::internal::traits<Derived>::Flags & Eigen::DirectAccessBit) != 0>>
   Bias(const Eigen::DenseBase<Derived>& m)  // NOLINT(google-explicit-constructor)
       : Bias(MatrixView<const typename Derived::Scalar>(m)) {}
+  /// Deleted: a view of a temporary Matrix would dangle.
   template <class Plain, class = std::enable_if_t<!std::is_lvalue_reference_v<Plain> &&
                                                   std::is_base_of_v<Eigen::PlainObjectBase<Plain>, Plain>>>
   Bias(Plain&& m) = delete;  // a view of a temporary Matrix would dangle
 
+  /// True when there is no bias.
   bool empty() const { return f32.empty() && f64.empty(); }
+  /// Rows of the bias: Nq, or 1 to broadcast over queries.
   Index rows() const { return f32.empty() ? f64.rows : f32.rows; }
+  /// Columns of the bias: Nk, one per key.
   Index cols() const { return f32.empty() ? f64.cols : f32.cols; }
+  /// Element (i, j) as a double; not bounds-checked.
   double operator()(Index i, Index j) const { return f32.empty() ? f64(i, j) : double(f32(i, j)); }
   /// Columns [first, first + count) (keys of one piece of a split call).
   Bias middle_cols(Index first, Index count) const {

@@ -1,4 +1,6 @@
 // sdpa/projection.hpp - Q = X Wq + bq: every token's query (or key, or value) at once.
+/// \file
+/// Linear projections X W + b: project() and project_into().
 #pragma once
 
 #include "attention.hpp"
@@ -8,6 +10,7 @@
 
 SDPA_BEGIN_NAMESPACE
 
+/// A dynamic-size Eigen row vector: the biases of project(), project_into() and AttentionWeights.
 template <class T>
 using RowVector = Eigen::Matrix<T, 1, Eigen::Dynamic>;
 

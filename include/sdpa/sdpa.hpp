@@ -2,6 +2,8 @@
 //
 // sdpa: scaled dot-product attention on the CPU. O = softmax(scale Q K^T + mask) V.
 // See README.md for the conventions (layout, causal alignment, masks, errors).
+/// \file
+/// The only header users need: includes the whole public API.
 #pragma once
 
 #include "attention.hpp"
@@ -12,3 +14,8 @@
 #include "self_attention.hpp"
 #include "version.hpp"
 #include "views.hpp"
+
+/// \namespace sdpa
+/// Scaled dot-product attention on the CPU: the whole public API. (The functions and types
+/// whose code depends on the instruction set live in an inline namespace named after it,
+/// such as sdpa::isa_avx2; users never name it.)

@@ -1,4 +1,6 @@
 // sdpa/self_attention.hpp - one attention layer: projections, h heads, output projection.
+/// \file
+/// SelfAttention, a multi-head attention layer, and its AttentionWeights.
 #pragma once
 
 #include "attention.hpp"
@@ -12,15 +14,31 @@
 namespace sdpa {
 
 /// The parameters of a layer. Biases and the output projection are optional (leave empty).
-///   Wq: d_model x (h d_k)    Wk: d_kv x (h d_k)    Wv: d_kv x (h d_v)    Wo: (h d_v) x d_out
+///
+///     Wq: d_model x (h d_k)    Wk: d_kv x (h d_k)    Wv: d_kv x (h d_v)    Wo: (h d_v) x d_out
+///
 /// d_kv is the width of the keys/values source: d_model for self-attention, the memory's
 /// width for cross-attention.
 template <class T>
 struct AttentionWeights {
+  /// @{
+  /// The query, key and value projections: d_model x (h d_k), d_kv x (kv_heads d_k) and
+  /// d_kv x (kv_heads d_v), where kv_heads = h unless the layer is grouped-query.
   Matrix<T> Wq, Wk, Wv;
+  /// @}
+  /// @{
+  /// The biases of the query, key and value projections: empty (none) or one entry per
+  /// column of Wq, Wk, Wv.
   RowVector<T> bq, bk, bv;
+  /// @}
+  /// @{
+  /// The output projection; empty = none (the layer returns the heads' outputs side by side).
   Matrix<T> Wo;
+  /// @}
+  /// @{
+  /// The bias of the output projection: empty (none) or one entry per column of Wo (needs Wo).
   RowVector<T> bo;
+  /// @}
 };
 
 }  // namespace sdpa
@@ -124,11 +142,17 @@ class SelfAttention {
                               causal);
   }
 
+  /// Query heads (h).
   Index heads() const { return heads_; }
+  /// Key/value heads: heads() unless grouped-query.
   Index kv_heads() const { return kv_heads_; }
+  /// Features per input token: the rows of Wq.
   Index d_model() const { return w_.Wq.rows(); }
+  /// Features per query and key head (d_k).
   Index head_dim() const { return w_.Wq.cols() / heads_; }           // d_k
+  /// Features per value head (d_v).
   Index value_head_dim() const { return w_.Wv.cols() / kv_heads_; }  // d_v
+  /// The layer's parameters.
   const AttentionWeights<T>& weights() const { return w_; }
 
  private:

@@ -4,6 +4,8 @@
 // and two strides. A view made from an Eigen object keeps that object's layout (row- or
 // column-major, any outer stride); a stride of 0 repeats a row or a column, which is how a
 // 1 x Nk padding mask broadcasts over every query.
+/// \file
+/// Non-owning strided views of other memory: MatrixView, TensorView, FusedQKV.
 #pragma once
 
 #include <Eigen/Core>
@@ -12,19 +14,27 @@
 
 namespace sdpa {
 
+/// Sizes, indices and strides: Eigen's signed index type (std::ptrdiff_t by default).
 using Index = Eigen::Index;
 
 /// Rows x cols elements at data[i * row_stride + j * col_stride]. Does not own `data`:
 /// whatever it views must outlive it.
 template <class T>
 struct MatrixView {
+  /// Element (0, 0); nullptr for an empty view.
   T* data = nullptr;
+  /// Number of rows.
   Index rows = 0;
+  /// Number of columns.
   Index cols = 0;
+  /// Elements from one row to the next (0 repeats row 0).
   Index row_stride = 0;
+  /// Elements from one column to the next (0 repeats column 0).
   Index col_stride = 1;
 
+  /// An empty view: no data, 0 x 0.
   MatrixView() = default;
+  /// Views rows_ x cols_ elements at data_[i * row_stride_ + j * col_stride_].
   MatrixView(T* data_, Index rows_, Index cols_, Index row_stride_, Index col_stride_ = 1)
       : data(data_), rows(rows_), cols(cols_), row_stride(row_stride_), col_stride(col_stride_) {}
 
@@ -41,8 +51,8 @@ struct MatrixView {
     static_assert(std::is_same_v<std::remove_const_t<T>, typename Derived::Scalar>,
                   "sdpa::MatrixView: the view's element type must match the matrix's scalar type");
   }
-  // A view of a temporary Matrix would dangle as soon as the statement ends. (A temporary
-  // block of a matrix, M.topRows(n), views M's memory and is fine.)
+  /// Deleted: a view of a temporary Matrix would dangle as soon as the statement ends. (A
+  /// temporary block of a matrix, M.topRows(n), views M's memory and is fine.)
   template <class Plain, class = std::enable_if_t<!std::is_lvalue_reference_v<Plain> &&
                                                   std::is_base_of_v<Eigen::PlainObjectBase<Plain>, Plain>>>
   MatrixView(Plain&& m) = delete;
@@ -50,8 +60,11 @@ struct MatrixView {
   /// A view of the same memory that is read-only.
   operator MatrixView<const T>() const { return {data, rows, cols, row_stride, col_stride}; }
 
+  /// True when the view has no data (default-constructed).
   bool empty() const { return data == nullptr; }
+  /// Element (i, j); not bounds-checked.
   T& operator()(Index i, Index j) const { return data[i * row_stride + j * col_stride]; }
+  /// The first element of row i.
   T* row(Index i) const { return data + i * row_stride; }
 
   /// Rows [first, first + count).
@@ -71,9 +84,18 @@ struct MatrixView {
 /// fused [B, N, 3, H, d] buffer are all read in place. A stride of 0 repeats (broadcasts).
 template <class T>
 struct TensorView {
+  /// Element (0, 0, 0, 0); nullptr for an empty view.
   T* data = nullptr;
+  /// @{
+  /// The sizes of the four dimensions: sequences, heads per sequence, tokens per head,
+  /// features per token.
   Index batch = 0, heads = 0, tokens = 0, features = 0;
+  /// @}
+  /// @{
+  /// Elements from one sequence, head or token to the next (features are contiguous);
+  /// 0 repeats (broadcasts) that dimension.
   Index batch_stride = 0, head_stride = 0, token_stride = 0;
+  /// @}
 
   /// [batch, heads, tokens, features], contiguous (PyTorch's default for attention).
   static TensorView bhnd(T* data, Index batch, Index heads, Index tokens, Index features) {
@@ -84,9 +106,11 @@ struct TensorView {
     return {data, batch, heads, tokens, features, tokens * heads * features, features, heads * features};
   }
 
+  /// A view of the same memory that is read-only.
   operator TensorView<const T>() const {  // NOLINT(google-explicit-constructor)
     return {data, batch, heads, tokens, features, batch_stride, head_stride, token_stride};
   }
+  /// True when the view has no data (default-constructed).
   bool empty() const { return data == nullptr; }
   /// One head of one sequence: tokens x features.
   MatrixView<T> head(Index b, Index h) const {
@@ -97,8 +121,13 @@ struct TensorView {
 /// Q, K and V inside one fused projection buffer laid out [batch, tokens, 3, heads, features].
 template <class T>
 struct FusedQKV {
+  /// @{
+  /// The query, key and value parts, each [batch, heads, tokens, features].
   TensorView<T> q, k, v;
+  /// @}
 
+  /// Views the buffer at data, laid out [batch, tokens, 3, heads, features], as its Q, K and
+  /// V parts (no copy).
   FusedQKV(T* data, Index batch, Index tokens, Index heads, Index features) {
     const Index token_stride = 3 * heads * features, batch_stride = tokens * token_stride;
     q = {data, batch, heads, tokens, features, batch_stride, features, token_stride};
