@@ -21,22 +21,22 @@ namespace sdpa {
 /// width for cross-attention.
 template <class T>
 struct AttentionWeights {
-  /// @{
   /// The query, key and value projections: d_model x (h d_k), d_kv x (kv_heads d_k) and
   /// d_kv x (kv_heads d_v), where kv_heads = h unless the layer is grouped-query.
+  /// @{
   Matrix<T> Wq, Wk, Wv;
   /// @}
-  /// @{
   /// The biases of the query, key and value projections: empty (none) or one entry per
   /// column of Wq, Wk, Wv.
+  /// @{
   RowVector<T> bq, bk, bv;
   /// @}
-  /// @{
   /// The output projection; empty = none (the layer returns the heads' outputs side by side).
+  /// @{
   Matrix<T> Wo;
   /// @}
-  /// @{
   /// The bias of the output projection: empty (none) or one entry per column of Wo (needs Wo).
+  /// @{
   RowVector<T> bo;
   /// @}
 };

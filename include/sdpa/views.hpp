@@ -86,14 +86,14 @@ template <class T>
 struct TensorView {
   /// Element (0, 0, 0, 0); nullptr for an empty view.
   T* data = nullptr;
-  /// @{
   /// The sizes of the four dimensions: sequences, heads per sequence, tokens per head,
   /// features per token.
+  /// @{
   Index batch = 0, heads = 0, tokens = 0, features = 0;
   /// @}
-  /// @{
   /// Elements from one sequence, head or token to the next (features are contiguous);
   /// 0 repeats (broadcasts) that dimension.
+  /// @{
   Index batch_stride = 0, head_stride = 0, token_stride = 0;
   /// @}
 
@@ -121,8 +121,8 @@ struct TensorView {
 /// Q, K and V inside one fused projection buffer laid out [batch, tokens, 3, heads, features].
 template <class T>
 struct FusedQKV {
-  /// @{
   /// The query, key and value parts, each [batch, heads, tokens, features].
+  /// @{
   TensorView<T> q, k, v;
   /// @}
 
