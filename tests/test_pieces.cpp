@@ -81,26 +81,26 @@ TEST_CASE("mask policy: key_end combines causal and key lengths; apply masks and
   CHECK(s == std::vector<double>{2, -inf, 2, 2, -inf, -inf, -inf, -inf, -inf});
 }
 
-TEST_CASE("tiling: defaults fit the caches, forced sizes are kept", "[pieces]") {
+TEST_CASE("block sizes: defaults fit the caches, forced sizes are kept", "[pieces]") {
   constexpr Index kL1 = 32 * 1024;
-  const auto t = sdpa::kernels::choose_tiling({}, 4096, 4096, 64, 64, 4, 64, 6, kL1);
+  const auto t = sdpa::kernels::choose_blocks({}, 4096, 4096, 64, 64, 4, 64, 6, kL1);
   CHECK(t.key_rows == 64);                          // one fused microkernel width
   CHECK(t.key_rows * (64 + 64) * 4 <= kL1);         // K and V tiles in L1
   CHECK(t.query_rows == 48);                        // 8 microkernel heights
-  const auto d16 = sdpa::kernels::choose_tiling({}, 4096, 4096, 16, 16, 4, 16, 6, kL1);
+  const auto d16 = sdpa::kernels::choose_blocks({}, 4096, 4096, 16, 16, 4, 16, 6, kL1);
   CHECK(d16.key_rows == 256);                       // capped: 32 KiB would hold 256 keys exactly
-  const auto d8_big_l1 = sdpa::kernels::choose_tiling({}, 4096, 4096, 8, 8, 4, 16, 6, 2 * kL1);
+  const auto d8_big_l1 = sdpa::kernels::choose_blocks({}, 4096, 4096, 8, 8, 4, 16, 6, 2 * kL1);
   CHECK(d8_big_l1.key_rows == 256);                // the cap holds for larger caches too
-  const auto d64_big_l1 = sdpa::kernels::choose_tiling({}, 4096, 4096, 64, 64, 4, 16, 6, 2 * kL1);
+  const auto d64_big_l1 = sdpa::kernels::choose_blocks({}, 4096, 4096, 64, 64, 4, 16, 6, 2 * kL1);
   CHECK(d64_big_l1.key_rows == 128);                // a 64 KiB L1 holds twice the keys
   CHECK(sdpa::kernels::l1_data_cache_bytes() >= 4096);  // the OS's figure, or 32 KiB
-  const auto small = sdpa::kernels::choose_tiling({}, 10, 10, 64, 64, 4, 64, 6);
+  const auto small = sdpa::kernels::choose_blocks({}, 10, 10, 64, 64, 4, 64, 6);
   CHECK(small.query_rows == 6);  // short sequences still split into tiles for the threads
   CHECK(small.key_rows == 10);   // never wider than the keys
-  const auto forced = sdpa::kernels::choose_tiling({3, 5}, 4096, 4096, 64, 64, 4, 64, 6);
+  const auto forced = sdpa::kernels::choose_blocks({3, 5}, 4096, 4096, 64, 64, 4, 64, 6);
   CHECK(forced.query_rows == 3);
   CHECK(forced.key_rows == 5);
-  const auto clamped = sdpa::kernels::choose_tiling({100, 100}, 7, 9, 64, 64, 4, 64, 6);
+  const auto clamped = sdpa::kernels::choose_blocks({100, 100}, 7, 9, 64, 64, 4, 64, 6);
   CHECK(clamped.query_rows == 7);
   CHECK(clamped.key_rows == 9);
 }

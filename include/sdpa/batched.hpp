@@ -107,9 +107,9 @@ void attention(const TensorView<const T>& q, const TensorView<const T>& k, const
   const double scale = detail::resolve_scale("attention", options, q.features);
   const Index group = q.heads / k.heads;
   const Kernel kernel = detail::resolve_kernel<T>(options.kernel, q.tokens, k.tokens);
-  const kernels::Tiling tiling = kernels::choose_tiling(options.blocks, q.tokens, k.tokens, q.features, v.features,
-                                                        Index(sizeof(T)), 1, 1);
-  const Index query_tiles = (q.tokens + tiling.query_rows - 1) / tiling.query_rows;
+  const BlockConfig blocks = kernels::choose_blocks(options.blocks, q.tokens, k.tokens, q.features, v.features,
+                                                    Index(sizeof(T)), 1, 1);
+  const Index query_tiles = (q.tokens + blocks.query_rows - 1) / blocks.query_rows;
   // Few query tiles in all (decoding a small batch): head by head, each splitting its keys.
   const bool pooled = kernel != Kernel::Reference && q.batch * q.heads * query_tiles >= 4;
   if (!pooled) {

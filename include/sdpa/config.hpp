@@ -15,8 +15,8 @@
 // Static mode (the default): the vector kernels are those of the build's flags, and the
 // first call checks that the CPU has them (sdpa::unsupported_cpu otherwise). Dispatch mode
 // (SDPA_DISPATCH=1, CMake option SDPA_DISPATCH): a build for any baseline carries the
-// AVX-512, AVX2+FMA and scalar kernels (NEON and scalar on AArch64), compiled with
-// per-function target attributes, and the first call picks the best the CPU has
+// AVX-512, AVX2+FMA and scalar kernels (NEON and scalar on AArch64), each compiled inside
+// its target's pragmas (SDPA_TARGET_BEGIN/END below), and the first call picks the best the CPU has
 // (docs/design.md, "Dispatch").
 /// \file
 /// The configuration macros: what the build targets, dispatch mode, the ISA-tagged namespace.
@@ -139,10 +139,11 @@
 #define SDPA_TARGET_BEGIN(features)
 #define SDPA_TARGET_END
 #endif
-// The feature sets of the x86 targets: the x86-64-v4 and -v3 levels (what -march=x86-64-v4
-// and -v3 enable), so a kernel compiled here needs no more than the CPU check verifies.
-#define SDPA_FEATURES_AVX512 "avx512f,avx512dq,avx512bw,avx512vl,avx512cd,avx2,fma,bmi,bmi2,lzcnt,movbe,f16c"
-#define SDPA_FEATURES_AVX2 "avx2,fma,bmi,bmi2,lzcnt,movbe,f16c"
+// The feature sets of the x86 targets: the vector and bit-manipulation parts of the x86-64-v4
+// and -v3 levels, exactly what cpu_supports() (isa.hpp) checks, so that a kernel compiled
+// here never needs more than the check verified.
+#define SDPA_FEATURES_AVX512 "avx512f,avx512dq,avx512bw,avx512vl,avx512cd,avx2,fma,bmi,bmi2"
+#define SDPA_FEATURES_AVX2 "avx2,fma,bmi,bmi2"
 
 /// 1 when the compiler has OpenMP enabled (_OPENMP), 0 otherwise. Without it a call runs on one
 /// thread unless Options::parallel_for is given.
@@ -165,8 +166,6 @@
 
 #if defined(__GNUC__) || defined(__clang__)
 #define SDPA_ALWAYS_INLINE inline __attribute__((always_inline))
-#define SDPA_RESTRICT __restrict__
 #else
 #define SDPA_ALWAYS_INLINE inline
-#define SDPA_RESTRICT
 #endif

@@ -9,20 +9,22 @@ template <class Micro, class T>
 void batched_tiled(const TensorView<const T>& q, const TensorView<const T>& k, const TensorView<const T>& v,
                    const TensorView<T>& out, double scale, const Options& options) {
   const Index group = q.heads / k.heads;  // query heads per key/value head
-  const Tiling tiling = choose_tiling(options.blocks, q.tokens, k.tokens, q.features, v.features, Index(sizeof(T)),
+  const BlockConfig blocks = choose_blocks(options.blocks, q.tokens, k.tokens, q.features, v.features, Index(sizeof(T)),
                                       Micro::key_multiple, Micro::row_multiple);
   const Index kv_heads = q.batch * k.heads;
-  const Index packed_size = Micro::packed_size(k.head(0, 0), v.head(0, 0), tiling);
+  const Index packed_size = Micro::packed_size(k.head(0, 0), v.head(0, 0), blocks);
   const detail::ScratchLease<T, detail::Slot::Packed> packed(kv_heads * packed_size);
 
   std::vector<Micro> micros;  // one per (batch, kv head), packed in parallel
   micros.reserve(std::size_t(kv_heads));
   for (Index i = 0; i < kv_heads; ++i)
-    micros.emplace_back(k.head(i / k.heads, i % k.heads), v.head(i / k.heads, i % k.heads), tiling,
+    micros.emplace_back(k.head(i / k.heads, i % k.heads), v.head(i / k.heads, i % k.heads), blocks,
                         packed.data() + i * packed_size);
   detail::parallel_for(kv_heads, options, [&](Index first, Index end) {
-    for (Index i = first; i < end; ++i)
-      micros[std::size_t(i)].pack(k.head(i / k.heads, i % k.heads), v.head(i / k.heads, i % k.heads));
+    for (Index i = first; i < end; ++i) {
+      const MatrixView<const T> k_head = k.head(i / k.heads, i % k.heads), v_head = v.head(i / k.heads, i % k.heads);
+      micros[std::size_t(i)].pack(k_head, v_head, 0, micros[std::size_t(i)].pack_tiles(k_head));
+    }
   });
 
   std::vector<TiledHead<Micro, T>> heads;  // each keeps its own copy of its masks (views)
@@ -30,7 +32,7 @@ void batched_tiled(const TensorView<const T>& q, const TensorView<const T>& k, c
   for (Index b = 0; b < q.batch; ++b)
     for (Index h = 0; h < q.heads; ++h)
       heads.emplace_back(q.head(b, h), out.head(b, h), nullptr, scale, detail::head_masks(options, b, h), k.tokens,
-                         micros[std::size_t(b * k.heads + h / group)], tiling);
+                         micros[std::size_t(b * k.heads + h / group)], blocks);
   const Index tiles = heads.front().tiles();
   detail::parallel_for(Index(heads.size()) * tiles, options, [&](Index first, Index end) {
     for (Index item = first; item < end; ++item) heads[std::size_t(item / tiles)].run_tile(item % tiles);

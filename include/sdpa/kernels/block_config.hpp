@@ -2,6 +2,7 @@
 // the other shape thresholds the kernels and Kernel::Auto share.
 #pragma once
 
+#include "../config.hpp"
 #include "../options.hpp"
 
 #include <Eigen/Core>
@@ -10,14 +11,6 @@
 
 SDPA_BEGIN_NAMESPACE
 namespace kernels {
-
-/// Tile sizes one call runs with. Results do not depend on query_rows (each query row is
-/// computed the same way whichever tile holds it); they do depend on key_rows, which fixes
-/// the order in which key tiles are folded into the online softmax.
-struct Tiling {
-  Index query_rows;  // Bq
-  Index key_rows;    // Bk
-};
 
 inline constexpr Index round_up(Index value, Index multiple) { return (value + multiple - 1) / multiple * multiple; }
 
@@ -35,6 +28,11 @@ inline Index l1_data_cache_bytes() {
   return bytes;
 }
 
+/// The tile sizes a call runs with: `forced`'s (options.blocks) where positive, these defaults
+/// elsewhere. Results do not depend on query_rows (each query row is computed the same way
+/// whichever tile holds it); they do depend on key_rows, which fixes the order in which key
+/// tiles are folded into the online softmax.
+///
 /// Defaults: the key tile (Bk keys of K and of V, Bk * (d_k + d_v) elements) fits in the L1
 /// data cache, since every query row of the tile streams through it, rounded to
 /// `key_multiple` (the width of the score microkernel, which then also fuses the softmax).
@@ -43,7 +41,7 @@ inline Index l1_data_cache_bytes() {
 /// grows as Bq^2, stays near 5% of the work at N = 2048 (measured: Bq = 48 runs causal 5%
 /// faster than Bq = 168 and non-causal as fast). Bq shrinks for short sequences so that
 /// there are at least 8 query tiles to share among threads.
-inline Tiling choose_tiling(const BlockConfig& forced, Index nq, Index nk, Index dk, Index dv, Index element_bytes,
+inline BlockConfig choose_blocks(const BlockConfig& forced, Index nq, Index nk, Index dk, Index dv, Index element_bytes,
                             Index key_multiple, Index row_multiple, Index l1_bytes = l1_data_cache_bytes()) {
   Index key_rows = forced.key_rows;
   if (key_rows == 0) {

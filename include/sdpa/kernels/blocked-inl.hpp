@@ -14,9 +14,10 @@ class BlockedTiles {
   static constexpr Index key_multiple = 1;
   static constexpr Index row_multiple = 1;
 
-  static Index packed_size(MatrixView<const T>, MatrixView<const T>, const Tiling&) { return 0; }
-  BlockedTiles(MatrixView<const T> k, MatrixView<const T> v, const Tiling&, T*) : k_(k), v_(v) {}
-  void pack(MatrixView<const T>, MatrixView<const T>) const {}  // reads K and V in place
+  static Index packed_size(MatrixView<const T>, MatrixView<const T>, const BlockConfig&) { return 0; }
+  BlockedTiles(MatrixView<const T> k, MatrixView<const T> v, const BlockConfig&, T*) : k_(k), v_(v) {}
+  Index pack_tiles(MatrixView<const T>) const { return 0; }  // reads K and V in place
+  void pack(MatrixView<const T>, MatrixView<const T>, Index, Index) const {}
 
   Index accumulator_cols() const { return v_.cols; }
   Vec exp2(Vec x) const { return {std::exp2(x.v)}; }

@@ -17,9 +17,10 @@
 /// broadcast in flight, must fit the register file (32 zmm / 16 ymm / 32 q registers).
 /// 6 x 4 zmm = 24 accumulators: with two FMA pipes of 4-cycle latency, 8 independent FMAs
 /// hide the latency and 24 leave the loads (4 + 6 per step) well under the FMA count.
-template <class Arch> struct Blocking { static constexpr int rows = 6, vectors = 4; };
-template <> struct Blocking<simd::avx2> { static constexpr int rows = 6, vectors = 2; };  // 12 of 16 ymm
-template <> struct Blocking<simd::scalar> { static constexpr int rows = 4, vectors = 4; };
+/// (RegisterBlock: the accumulators in registers; BlockConfig: the tile sizes in memory.)
+template <class Arch> struct RegisterBlock { static constexpr int rows = 6, vectors = 4; };
+template <> struct RegisterBlock<simd::avx2> { static constexpr int rows = 6, vectors = 2; };  // 12 of 16 ymm
+template <> struct RegisterBlock<simd::scalar> { static constexpr int rows = 4, vectors = 4; };
 
 namespace microkernels {
 
@@ -145,35 +146,46 @@ class SimdTiles {
  public:
   using Vec = simd::Vec<float, Arch>;
   static constexpr int W = Vec::width;
-  static constexpr int R = Blocking<Arch>::rows;
-  static constexpr int C = Blocking<Arch>::vectors;
+  static constexpr int R = RegisterBlock<Arch>::rows;
+  static constexpr int C = RegisterBlock<Arch>::vectors;
   static constexpr Index key_multiple = C * W;  // one score microkernel spans a whole padded key tile row
   static constexpr Index row_multiple = R;
 
+  /// V is read in place only when its rows are contiguous and whole vectors. Otherwise it is
+  /// copied, zero-padded, into (Nk, d_v rounded up to W): no load then reads past a row, and a
+  /// key tile of V is one contiguous block. Rows strided by the other heads of a
+  /// [tokens, heads d] buffer (2-4 KiB apart) all land in the same few L1 sets and evict each
+  /// other within a tile; the copy, one pass over V, measured 15-18% faster on AVX-512 and 5%
+  /// on AVX2 at N = 2048, 8 heads side by side (docs/design.md, "Kernel structure").
+  static bool copies_v(MatrixView<const float> v) { return round_up(v.cols, W) != v.cols || v.row_stride != v.cols; }
+
   /// Floats of packing buffer the constructor needs: K^T panels (tiles, d_k, padded Bk), and
-  /// a zero-padded copy of V when d_v is not a multiple of W.
-  static Index packed_size(MatrixView<const float> k, MatrixView<const float> v, const Tiling& tiling) {
-    const Index tiles = (k.rows + tiling.key_rows - 1) / tiling.key_rows;
-    const Index acc_ld = round_up(v.cols, W);
-    return tiles * k.cols * round_up(tiling.key_rows, key_multiple) + (acc_ld != v.cols ? v.rows * acc_ld : 0);
+  /// the copy of V when copies_v.
+  static Index packed_size(MatrixView<const float> k, MatrixView<const float> v, const BlockConfig& blocks) {
+    const Index tiles = (k.rows + blocks.key_rows - 1) / blocks.key_rows;
+    return tiles * k.cols * round_up(blocks.key_rows, key_multiple) + (copies_v(v) ? v.rows * round_up(v.cols, W) : 0);
   }
 
   /// Lays out K^T panels (and a padded V when needed) in `packed` (packed_size floats, which
   /// must outlive this); pack() fills them.
-  SimdTiles(MatrixView<const float> k, MatrixView<const float> v, const Tiling& tiling, float* packed)
-      : dk_(k.cols), key_rows_(tiling.key_rows), panel_ld_(round_up(tiling.key_rows, key_multiple)),
+  SimdTiles(MatrixView<const float> k, MatrixView<const float> v, const BlockConfig& blocks, float* packed)
+      : dk_(k.cols), key_rows_(blocks.key_rows), panel_ld_(round_up(blocks.key_rows, key_multiple)),
         acc_ld_(round_up(v.cols, W)), v_(v), packed_k_(packed) {
-    if (acc_ld_ != v.cols) {  // V is read from a zero-padded copy (Nk, acc_ld) after the panels
+    if (copies_v(v)) {  // V is read from a zero-padded copy (Nk, acc_ld) after the panels
       const Index tiles = (k.rows + key_rows_ - 1) / key_rows_;
       v_ = MatrixView<const float>(packed + tiles * dk_ * panel_ld_, v.rows, acc_ld_, acc_ld_);
     }
   }
 
-  /// Copies K (and V when padded) into the packed layout: once per call, before any tile.
-  void pack(MatrixView<const float> k, MatrixView<const float> v) const {
-    // K^T panels, zero-padded: (tiles, d_k, panel_ld)
-    const Index nk = k.rows, tiles = (nk + key_rows_ - 1) / key_rows_;
-    for (Index t = 0; t < tiles; ++t) {
+  /// Key tiles that pack() lays out (threads may pack different ones at once).
+  Index pack_tiles(MatrixView<const float> k) const { return (k.rows + key_rows_ - 1) / key_rows_; }
+
+  /// Copies key tiles [first, end) of K (and their rows of V when copies_v) into the packed
+  /// layout: once per call, before any tile is computed.
+  void pack(MatrixView<const float> k, MatrixView<const float> v, Index first, Index end) const {
+    const Index nk = k.rows;
+    for (Index t = first; t < end; ++t) {
+      // K^T panel t, zero-padded: (d_k, panel_ld)
       float* panel = packed_k_ + t * dk_ * panel_ld_;
       const Index j0 = t * key_rows_, keys = std::min(key_rows_, nk - j0);
       for (Index e = 0; e < dk_; ++e) std::fill(panel + e * panel_ld_ + keys, panel + (e + 1) * panel_ld_, 0.0f);
@@ -181,10 +193,9 @@ class SimdTiles {
         const float* k_row = k.row(j0 + c);
         for (Index e = 0; e < dk_; ++e) panel[e * panel_ld_ + c] = k_row[e];
       }
-    }
-    if (v_.data != v.data) {
+      if (v_.data == v.data) continue;
       float* values = const_cast<float*>(v_.data);
-      for (Index j = 0; j < v.rows; ++j) {
+      for (Index j = j0; j < j0 + keys; ++j) {
         std::copy(v.row(j), v.row(j) + v.cols, values + j * acc_ld_);
         std::fill(values + j * acc_ld_ + v.cols, values + (j + 1) * acc_ld_, 0.0f);
       }
@@ -246,10 +257,11 @@ class RowTiles {
 
   /// When this beats packing (measured: see README, decoding).
   static bool fits(Index nq, Index dk, Index dv) { return nq <= max_rows && dk % W == 0 && dv % W == 0; }
-  static Index packed_size(MatrixView<const float>, MatrixView<const float>, const Tiling&) { return 0; }
+  static Index packed_size(MatrixView<const float>, MatrixView<const float>, const BlockConfig&) { return 0; }
 
-  RowTiles(MatrixView<const float> k, MatrixView<const float> v, const Tiling&, float*) : k_(k), v_(v) {}
-  void pack(MatrixView<const float>, MatrixView<const float>) const {}
+  RowTiles(MatrixView<const float> k, MatrixView<const float> v, const BlockConfig&, float*) : k_(k), v_(v) {}
+  Index pack_tiles(MatrixView<const float>) const { return 0; }  // reads K and V in place
+  void pack(MatrixView<const float>, MatrixView<const float>, Index, Index) const {}
 
   Index accumulator_cols() const { return v_.cols; }
   Vec exp2(Vec x) const { return exp2_no_overflow(x); }
@@ -271,7 +283,7 @@ class RowTiles {
 
   void accumulate(const float* p, Index rows, Index ld, Index j0, Index keys, const float* rescale,
                   float* acc) const {
-    microkernels::accumulate_tile<Vec, max_rows, Blocking<Arch>::vectors>(p, rows, ld, keys, v_.row(j0), v_.row_stride,
+    microkernels::accumulate_tile<Vec, max_rows, RegisterBlock<Arch>::vectors>(p, rows, ld, keys, v_.row(j0), v_.row_stride,
                                                                          v_.cols / W, rescale, acc, v_.cols);
   }
 

@@ -10,7 +10,7 @@
 namespace testing {
 
 using V = simd::Vec<float, Arch>;
-constexpr int R = Blocking<Arch>::rows, C = Blocking<Arch>::vectors;
+constexpr int R = RegisterBlock<Arch>::rows, C = RegisterBlock<Arch>::vectors;
 
 inline void score_block(Index rows, const float* q, Index dk, const float* kt, Index kt_ld, float* s, Index s_ld) {
   microkernels::with_rows<R>(rows, [&](auto height) {
@@ -49,14 +49,14 @@ inline void value_block(Index rows, Index vectors, const float* p, Index p_ld, I
 inline void row_scores(Index rows, const float* q, Index dk, const float* k, Index k_ld, Index keys, float* s,
                        Index s_ld) {
   const RowTiles<Arch> tiles(MatrixView<const float>(k, keys, dk, k_ld), MatrixView<const float>(k, keys, dk, k_ld),
-                             Tiling{rows, keys}, nullptr);
+                             BlockConfig{rows, keys}, nullptr);
   tiles.scores(q, rows, 0, keys, s, s_ld);
 }
 
 inline void row_accumulate(Index rows, const float* p, Index p_ld, Index keys, const float* v, Index v_ld, Index dv,
                            const float* rescale, float* acc) {
   const RowTiles<Arch> tiles(MatrixView<const float>(v, keys, dv, v_ld), MatrixView<const float>(v, keys, dv, v_ld),
-                             Tiling{rows, keys}, nullptr);
+                             BlockConfig{rows, keys}, nullptr);
   tiles.accumulate(p, rows, p_ld, 0, keys, rescale, acc);
 }
 

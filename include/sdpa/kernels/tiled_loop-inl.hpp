@@ -17,9 +17,10 @@
 // A per-target file (see simd/exp-inl.hpp): included by kernels/targets.hpp only.
 
 /// Micro must provide: `using Vec` (the vector type of the softmax step), `key_multiple`
-/// and `row_multiple` (its tile granularity), `packed_size(K, V, tiling)`, a constructor
-/// Micro(K, V, tiling, packed) that lays out a packed copy of K and V in `packed` and `pack(K, V)`
-/// that fills it (once, shared by all threads),
+/// and `row_multiple` (its tile granularity), `packed_size(K, V, blocks)`, a constructor
+/// Micro(K, V, blocks, packed) that lays out a packed copy of K and V in `packed`, and
+/// `pack_tiles(K)` and `pack(K, V, first, end)` that fill key tiles [first, end) of it (once
+/// per call, before any tile is computed; threads may fill different tiles at once),
 /// `accumulator_cols()`, `exp2(Vec)`, and
 ///   scores(q_tile, rows, j0, keys, s, ld):        s[r][c] = q_tile[r] . K[j0 + c]  for c < keys
 ///   accumulate(p, rows, ld, j0, keys, rescale, acc):
@@ -38,15 +39,15 @@ class TiledHead {
   /// `lse`, when not null, receives each row's natural log-sum-exp of its scaled, biased
   /// scores (-inf for a fully masked row).
   TiledHead(MatrixView<const T> q, MatrixView<T> out, T* lse, double scale, const detail::HeadMasks& masks, Index nk,
-            const Micro& micro, const Tiling& tiling)
-      : q_(q), out_(out), lse_(lse), nk_(nk), micro_(micro), tiling_(tiling), mask_(masks, q.rows, nk, kLog2e),
-        query_scale_(T(scale * double(kLog2e))), score_ld_(round_up(tiling.key_rows, Micro::key_multiple)),
+            const Micro& micro, const BlockConfig& blocks)
+      : q_(q), out_(out), lse_(lse), nk_(nk), micro_(micro), blocks_(blocks), mask_(masks, q.rows, nk, kLog2e),
+        query_scale_(T(scale * double(kLog2e))), score_ld_(round_up(blocks.key_rows, Micro::key_multiple)),
         acc_ld_(micro.accumulator_cols()) {}
 
-  Index tiles() const { return (q_.rows + tiling_.query_rows - 1) / tiling_.query_rows; }
+  Index tiles() const { return (q_.rows + blocks_.query_rows - 1) / blocks_.query_rows; }
 
   void run_tile(Index tile) const {
-    const Index bq = tiling_.query_rows, dk = q_.cols, dv = out_.cols, nq = q_.rows;
+    const Index bq = blocks_.query_rows, dk = q_.cols, dv = out_.cols, nq = q_.rows;
     T* q_tile = detail::thread_scratch<T, detail::Slot::QueryTile>(bq * dk);     // (Bq, d_k)
     T* s = detail::thread_scratch<T, detail::Slot::Scores>(bq * score_ld_);       // (Bq, Bk padded)
     T* acc = detail::thread_scratch<T, detail::Slot::Accumulator>(bq * acc_ld_);  // (Bq, d_v padded)
@@ -65,8 +66,8 @@ class TiledHead {
       keys_unmasked = std::min(keys_unmasked, mask_.key_end(i0 + r));
     }
 
-    for (Index j0 = 0; j0 < keys_end; j0 += tiling_.key_rows) {
-      const Index n_keys = std::min(tiling_.key_rows, nk_ - j0);
+    for (Index j0 = 0; j0 < keys_end; j0 += blocks_.key_rows) {
+      const Index n_keys = std::min(blocks_.key_rows, nk_ - j0);
       const bool masked = j0 + n_keys > keys_unmasked || mask_.elementwise();
       if (masked || !micro_.fused_softmax(q_tile, n_rows, j0, n_keys, s, score_ld_, rows, rescale)) {
         micro_.scores(q_tile, n_rows, j0, n_keys, s, score_ld_);
@@ -98,7 +99,7 @@ class TiledHead {
   T* lse_;
   Index nk_;
   const Micro& micro_;
-  Tiling tiling_;
+  BlockConfig blocks_;
   detail::MaskPolicy<T> mask_;
   T query_scale_;
   Index score_ld_, acc_ld_;
@@ -109,15 +110,15 @@ template <class Micro, class T>
 void tiled_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out, T* lse,
                      double scale, const detail::HeadMasks& masks, const Options& options) {
   const Index nq = q.rows, nk = k.rows, dk = q.cols, dv = v.cols;
-  const Tiling tiling =
-      choose_tiling(options.blocks, nq, nk, dk, dv, Index(sizeof(T)), Micro::key_multiple, Micro::row_multiple);
-  const Index query_tiles = (nq + tiling.query_rows - 1) / tiling.query_rows;
+  const BlockConfig blocks =
+      choose_blocks(options.blocks, nq, nk, dk, dv, Index(sizeof(T)), Micro::key_multiple, Micro::row_multiple);
+  const Index query_tiles = (nq + blocks.query_rows - 1) / blocks.query_rows;
   const Index pieces = key_pieces(query_tiles, nk);
   if (pieces == 1) {
-    const detail::ScratchLease<T, detail::Slot::Packed> packed(Micro::packed_size(k, v, tiling));
-    const Micro micro(k, v, tiling, packed.data());
-    micro.pack(k, v);
-    const TiledHead<Micro, T> head(q, out, lse, scale, masks, nk, micro, tiling);
+    const detail::ScratchLease<T, detail::Slot::Packed> packed(Micro::packed_size(k, v, blocks));
+    const Micro micro(k, v, blocks, packed.data());
+    detail::parallel_for(micro.pack_tiles(k), options, [&](Index first, Index end) { micro.pack(k, v, first, end); });
+    const TiledHead<Micro, T> head(q, out, lse, scale, masks, nk, micro, blocks);
     detail::parallel_for(head.tiles(), options, [&](Index first, Index end) {
       for (Index tile = first; tile < end; ++tile) head.run_tile(tile);
     });
@@ -127,7 +128,7 @@ void tiled_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<co
   // Split keys: piece p covers keys [p L, (p + 1) L), whole key tiles, the last one the rest.
   // Causal and key lengths become per-row lengths within each piece; masks and biases are
   // column slices. Partial outputs and LSEs: (pieces, Nq, d_v) and (pieces, Nq).
-  const Index piece_keys = round_up((nk + pieces - 1) / pieces, tiling.key_rows);
+  const Index piece_keys = round_up((nk + pieces - 1) / pieces, blocks.key_rows);
   const detail::MaskPolicy<T> full(masks, nq, nk, T(1));
   const detail::ScratchLease<T, detail::Slot::Partials> partials(pieces * nq * (dv + 1));
   const detail::ScratchLease<Index, detail::Slot::Partials> piece_lengths(pieces * nq);
@@ -146,11 +147,11 @@ void tiled_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<co
                                           masks.mask.empty() ? masks.mask : masks.mask.middle_cols(j0, n),
                                           masks.bias.empty() ? masks.bias : masks.bias.middle_cols(j0, n)};
       const MatrixView<const T> k_piece = k.middle_rows(j0, n), v_piece = v.middle_rows(j0, n);
-      T* packed = detail::thread_scratch<T, detail::Slot::ChunkPacked>(Micro::packed_size(k_piece, v_piece, tiling));
-      const Micro micro(k_piece, v_piece, tiling, packed);
-      micro.pack(k_piece, v_piece);
+      T* packed = detail::thread_scratch<T, detail::Slot::ChunkPacked>(Micro::packed_size(k_piece, v_piece, blocks));
+      const Micro micro(k_piece, v_piece, blocks, packed);
+      micro.pack(k_piece, v_piece, 0, micro.pack_tiles(k_piece));
       const MatrixView<T> piece_out(partial_out + piece * nq * dv, nq, dv, dv);
-      const TiledHead<Micro, T> head(q, piece_out, partial_lse + piece * nq, scale, piece_masks, n, micro, tiling);
+      const TiledHead<Micro, T> head(q, piece_out, partial_lse + piece * nq, scale, piece_masks, n, micro, blocks);
       head.run_tile(tile);
     }
   });

@@ -13,7 +13,6 @@ template <>
 struct Vec<float, avx2> {
   using value_type = float;
   static constexpr int width = 8;
-  using Mask = __m256;
   __m256 v;
 
   static SDPA_ALWAYS_INLINE Vec load(const float* p) { return {_mm256_loadu_ps(p)}; }

@@ -13,7 +13,6 @@ template <>
 struct Vec<float, avx512> {
   using value_type = float;
   static constexpr int width = 16;
-  using Mask = __mmask16;
   __m512 v;
 
   static SDPA_ALWAYS_INLINE Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }

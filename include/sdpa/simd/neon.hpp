@@ -13,7 +13,6 @@ template <>
 struct Vec<float, neon> {
   using value_type = float;
   static constexpr int width = 4;
-  using Mask = uint32x4_t;
   float32x4_t v;
 
   static SDPA_ALWAYS_INLINE Vec load(const float* p) { return {vld1q_f32(p)}; }

@@ -15,7 +15,6 @@ template <class T>
 struct Vec<T, scalar> {
   using value_type = T;
   static constexpr int width = 1;
-  using Mask = bool;
   T v;
 
   static SDPA_ALWAYS_INLINE Vec load(const T* p) { return {*p}; }
