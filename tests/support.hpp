@@ -183,7 +183,7 @@ void check_attention(const Matrix<T>& got, const Expected& e, Index nk, Index dk
   CHECK(worst_ratio <= 1);
 }
 
-// ---- golden cases (../shared/golden, copied to tests/data) ----------------------------------
+// ---- golden cases (tests/data, computed with PyTorch in float64) --------------------------------
 /// One golden file: scalars (`causal 1`, `scale 0.3`, `heads 4`) and named matrices.
 struct Golden {
   std::map<std::string, double> scalars;

@@ -145,6 +145,15 @@
 #define SDPA_FEATURES_AVX512 "avx512f,avx512dq,avx512bw,avx512vl,avx512cd,avx2,fma,bmi,bmi2"
 #define SDPA_FEATURES_AVX2 "avx2,fma,bmi,bmi2"
 
+// SDPA_BASELINE_CODE before a function: compiled for baseline x86-64 whatever the build's
+// flags, for the CPU check (isa.hpp), which must run on the older CPU it is there to catch.
+// Never inlined: inlined into a caller, its body would take the caller's flags.
+#if SDPA_ARCH_X86_64 && (defined(__GNUC__) || defined(__clang__))
+#define SDPA_BASELINE_CODE __attribute__((target("arch=x86-64"), noinline))
+#else
+#define SDPA_BASELINE_CODE
+#endif
+
 /// 1 when the compiler has OpenMP enabled (_OPENMP), 0 otherwise. Without it a call runs on one
 /// thread unless Options::parallel_for is given.
 #if defined(_OPENMP)

@@ -7,7 +7,9 @@
 #include "config.hpp"
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -38,7 +40,7 @@ class unsupported_cpu : public std::runtime_error {
 SDPA_BEGIN_NAMESPACE
 
 /// "scalar", "neon", "avx2" or "avx512".
-inline const char* isa_name(Isa isa) {
+SDPA_BASELINE_CODE inline const char* isa_name(Isa isa) {
   switch (isa) {
     case Isa::neon: return "neon";
     case Isa::avx2: return "avx2";
@@ -51,17 +53,20 @@ namespace detail {
 /// SDPA_CPU_DISABLE=avx512[,avx2,...] in the environment: behave as if the CPU lacked those
 /// ISAs (to try the AVX2 path of a dispatch build on an AVX-512 machine, or to see the error a
 /// static build gives on an older CPU, as the tests do).
-inline bool disabled_by_environment(Isa isa) {
+SDPA_BASELINE_CODE inline bool disabled_by_environment(Isa isa) {
   const char* list = std::getenv("SDPA_CPU_DISABLE");
   if (!list) return false;
-  const std::string names = std::string(",") + list + ",", name = std::string(",") + isa_name(isa) + ",";
-  return names.find(name) != std::string::npos;
+  const char* name = isa_name(isa);
+  const std::size_t length = std::strlen(name);
+  for (const char* item = list; *item; item += std::strcspn(item, ",") + (item[std::strcspn(item, ",")] ? 1 : 0))
+    if (std::strcspn(item, ",") == length && std::strncmp(item, name, length) == 0) return true;
+  return false;
 }
 }  // namespace detail
 
 /// True when this CPU (and its operating system, which must save the wider registers) can
 /// run kernels of `isa`, and SDPA_CPU_DISABLE does not name it.
-inline bool cpu_supports(Isa isa) {
+SDPA_BASELINE_CODE inline bool cpu_supports(Isa isa) {
   if (isa != Isa::scalar && detail::disabled_by_environment(isa)) return false;
   switch (isa) {
     case Isa::scalar: return true;
@@ -100,10 +105,10 @@ inline std::vector<Isa> compiled_isas() {
 
 namespace detail {
 
-inline bool compiled(Isa isa) {
-  for (const Isa have : compiled_isas())
-    if (have == isa) return true;
-  return false;
+/// True when this translation unit has the kernels of `isa` (compiled_isas() as a test).
+SDPA_BASELINE_CODE inline bool compiled(Isa isa) {
+  return isa == Isa::scalar || (isa == Isa::avx512 && SDPA_TARGET_AVX512) || (isa == Isa::avx2 && SDPA_TARGET_AVX2) ||
+         (isa == Isa::neon && SDPA_TARGET_NEON);
 }
 
 inline std::string isa_list() {
@@ -113,7 +118,7 @@ inline std::string isa_list() {
 }
 
 /// The widest ISA of this architecture that the CPU supports, by name.
-inline const char* widest_supported() {
+SDPA_BASELINE_CODE inline const char* widest_supported() {
   for (const Isa isa : {Isa::avx512, Isa::avx2, Isa::neon})
     if (cpu_supports(isa)) return isa_name(isa);
   return "scalar";
@@ -129,27 +134,37 @@ inline Isa checked_isa(Isa isa, const std::string& source) {
   return isa;
 }
 
+/// Static mode: the build's own ISA, which the CPU must support; sdpa::unsupported_cpu naming
+/// both otherwise. Compiled for baseline x86-64 whatever the build's flags (no std::string,
+/// no vector code: snprintf and the exception's constructor live in the C and C++ runtimes),
+/// so that the check itself runs on the older CPU it is there to catch.
+SDPA_BASELINE_CODE inline Isa require_built_isa() {
+  const Isa built = SDPA_TARGET_AVX512 ? Isa::avx512 : SDPA_TARGET_AVX2 ? Isa::avx2 : SDPA_TARGET_NEON ? Isa::neon : Isa::scalar;
+  if (cpu_supports(built)) return built;
+  char message[320];
+  std::snprintf(message, sizeof message,
+                "sdpa: this code was compiled for %s (its -march flags), but this CPU supports only %s: build it for "
+                "this CPU, or with SDPA_DISPATCH to choose at run time",
+                isa_name(built), widest_supported());
+  throw unsupported_cpu(message);
+}
+
 /// The ISA the first call settles on: SDPA_ISA from the environment when set; otherwise, in
 /// dispatch mode, the widest the CPU supports, and in static mode the build's own, which the
 /// CPU must support (a clear error here instead of an illegal instruction later).
-inline Isa initial_isa() {
-  if (const char* requested = std::getenv("SDPA_ISA"); requested && *requested) {
-    for (const Isa isa : {Isa::scalar, Isa::neon, Isa::avx2, Isa::avx512})
-      if (std::string(requested) == isa_name(isa)) return checked_isa(isa, std::string("SDPA_ISA=") + requested);
-    throw std::invalid_argument(std::string("sdpa: SDPA_ISA=") + requested + " names no ISA; this build has " +
-                                isa_list());
-  }
-  const std::vector<Isa> isas = compiled_isas();
-  if (SDPA_DISPATCH) {
-    for (const Isa isa : isas)
-      if (cpu_supports(isa)) return isa;
-  }
-  const Isa built = isas.front();
-  if (!cpu_supports(built))
-    throw unsupported_cpu(std::string("sdpa: this code was compiled for ") + isa_name(built) +
-                          " (its -march flags), but this CPU supports only " + widest_supported() +
-                          ": build it for this CPU, or with SDPA_DISPATCH to choose at run time");
-  return built;
+inline Isa isa_from_environment(const char* requested) {
+  for (const Isa isa : {Isa::scalar, Isa::neon, Isa::avx2, Isa::avx512})
+    if (std::string(requested) == isa_name(isa)) return checked_isa(isa, std::string("SDPA_ISA=") + requested);
+  throw std::invalid_argument(std::string("sdpa: SDPA_ISA=") + requested + " names no ISA; this build has " +
+                              isa_list());
+}
+
+SDPA_BASELINE_CODE inline Isa initial_isa() {
+  if (const char* requested = std::getenv("SDPA_ISA"); requested && *requested) return isa_from_environment(requested);
+  if (!SDPA_DISPATCH) return require_built_isa();
+  for (const Isa isa : {Isa::avx512, Isa::avx2, Isa::neon})
+    if (compiled(isa) && cpu_supports(isa)) return isa;
+  return Isa::scalar;
 }
 
 inline std::atomic<Isa>& active_isa() {
