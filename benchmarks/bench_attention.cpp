@@ -11,6 +11,9 @@
 //                                                   SDPA_DISPATCH (dispatch_build.cpp): its own pick
 //   attention/simd_dispatch_avx2/...                that build's AVX2 kernels (on an AVX-512 CPU),
 //                                                   to read against fma_peak/avx2
+//
+// The Simd paths also report peak_fraction: their rate over the FMA rate of the ISA that ran,
+// the FMA loop run right after each iteration (see PeakFraction).
 //   attention/blocked/...                           sdpa, Kernel::Blocked (portable scalar tiles)
 //   attention/reference/...                         sdpa, Kernel::Reference (materialised scores)
 //   attention/eigen_typical/N:n/d:d/causal:0/...    unfused Eigen, fresh temporaries, as people write it
@@ -57,6 +60,7 @@
 #endif
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -141,6 +145,141 @@ sdpa::Kernel kernel_of(const std::string& path) {
 }
 
 // ---------------------------------------------------------------------------------------
+// (a) the fp32 FMA ceiling of each ISA: per thread, kChains independent accumulators on its
+// vectors, each step one FMA per chain. Two FMA pipes x 4-cycle latency need >= 8 FMAs in
+// flight; 16 chains leave room for a 5-6 cycle latency and stay within 32 zmm registers (on
+// AVX2 they take all 16 ymm: the compiler keeps them there, as the loop needs nothing else).
+// Written with each ISA's intrinsics and target attributes, so that one binary measures the
+// AVX2 ceiling on an AVX-512 machine too.
+
+/// `x`, through a volatile: a value the compiler cannot see. (Not benchmark::DoNotOptimize on
+/// a float: with GCC 12 and benchmark 1.7.1 it sometimes handed the loop garbage, measured as
+/// a multiplier of -9e35, whose inf and NaN then ran the FMA loop far below its speed.)
+float opaque(float x) {
+  volatile float hidden = x;
+  return hidden;
+}
+
+constexpr int kChains = 16;
+constexpr long kSteps = 1L << 16;  // 2^20 vector FMAs per thread per iteration: ~0.12 ms, >> fork/join
+
+#if SDPA_ARCH_X86_64 && (defined(__GNUC__) || defined(__clang__))
+#define SDPA_BENCH_FMA_CHAINS(name, features, Reg, set1, fmadd, add, floats)               \
+  __attribute__((target(features))) float name(float multiplier, float addend) {        \
+    Reg acc[kChains];                                                                   \
+    const Reg a = set1(multiplier), b = set1(addend);                                   \
+    for (int c = 0; c < kChains; ++c) acc[c] = set1(float(c));                          \
+    for (long step = 0; step < kSteps; ++step) {                                        \
+      _Pragma("GCC unroll 16") for (int c = 0; c < kChains; ++c) acc[c] = fmadd(acc[c], a, b); \
+    }                                                                                   \
+    Reg sum = acc[0];                                                                   \
+    for (int c = 1; c < kChains; ++c) sum = add(sum, acc[c]);                           \
+    float lanes[floats];                                                                \
+    std::memcpy(lanes, &sum, sizeof lanes);                                             \
+    return lanes[0];                                                                    \
+  }
+SDPA_BENCH_FMA_CHAINS(fma_chains_avx512, "avx512f", __m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, 16)
+SDPA_BENCH_FMA_CHAINS(fma_chains_avx2, "avx2,fma", __m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, 8)
+#endif
+
+float fma_chains_native(float multiplier, float addend) {  // the build's own vectors (any architecture)
+  using sdpa_bench::NativeVec;
+  NativeVec acc[kChains];
+  const NativeVec a = NativeVec::broadcast(multiplier), b = NativeVec::broadcast(addend);
+  for (int c = 0; c < kChains; ++c) acc[c] = NativeVec::broadcast(float(c));
+  for (long step = 0; step < kSteps; ++step) {
+#pragma GCC unroll 16
+    for (int c = 0; c < kChains; ++c) acc[c] = fma(acc[c], a, b);  // x <- x a + b: converges, no inf/denormal
+  }
+  NativeVec sum = acc[0];
+  for (int c = 1; c < kChains; ++c) sum = sum + acc[c];
+  float lanes[NativeVec::width];
+  sum.store(lanes);
+  return lanes[0];
+}
+
+void BM_fma_peak(benchmark::State& state, float (*chains)(float, float), int floats, int threads) {
+  for (auto _ : state) {
+    // The inputs are opaque to the compiler and the result is consumed: nothing folds away.
+    const float multiplier = opaque(0.5f), addend = opaque(0.25f);
+#if SDPA_HAS_OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+    {
+      float result = chains(multiplier, addend);
+      benchmark::DoNotOptimize(result);
+    }
+  }
+  set_gflops(state, 2.0 * floats * double(kChains) * double(kSteps) * threads);
+}
+
+/// Every FMA ceiling this CPU has: (name, chains, floats per vector).
+struct FmaPeak {
+  const char* isa;
+  float (*chains)(float, float);
+  int floats;
+};
+std::vector<FmaPeak> fma_peaks() {
+  std::vector<FmaPeak> peaks;
+#if SDPA_ARCH_X86_64 && (defined(__GNUC__) || defined(__clang__))
+  if (sdpa::cpu_supports(sdpa::Isa::avx512)) peaks.push_back({"avx512", fma_chains_avx512, 16});
+  if (sdpa::cpu_supports(sdpa::Isa::avx2)) peaks.push_back({"avx2", fma_chains_avx2, 8});
+#endif
+  if (peaks.empty()) peaks.push_back({sdpa::isa_name(sdpa::isa()), fma_chains_native, sdpa_bench::NativeVec::width});
+  return peaks;
+}
+
+/// The FMA rate of `peak` on `threads` threads, in GFLOP/s, over about a millisecond.
+double fma_rate(const FmaPeak& peak, int threads) {
+  const float multiplier = opaque(0.5f), addend = opaque(0.25f);
+  constexpr int kBlocks = 8;
+  const auto start = std::chrono::steady_clock::now();
+#if SDPA_HAS_OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+  for (int block = 0; block < kBlocks; ++block) {
+    float result = peak.chains(multiplier, addend);
+    benchmark::DoNotOptimize(result);
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return 2.0 * peak.floats * double(kChains) * double(kSteps) * kBlocks * threads / seconds / 1e9;
+}
+
+/// The "peak_fraction" counter: attention's rate over the FMA rate of the ISA that ran, with
+/// the FMA loop run (outside the timed region) right after every iteration. The machine's
+/// speed drifts by 25% and more between seconds; the two rates measured milliseconds apart
+/// see the same machine, which the medians of separate benchmarks do not. The FMA rates'
+/// median is the divisor: a millisecond window is now and then preempted, an outlier.
+class PeakFraction {
+ public:
+  PeakFraction(const char* isa, int threads) : threads_(threads) {
+    for (const FmaPeak& peak : fma_peaks())
+      if (std::string(peak.isa) == isa) peak_ = peak;
+  }
+  void start() { start_ = std::chrono::steady_clock::now(); }
+  /// After an iteration of `flops`: pauses the benchmark's timer to measure the FMA rate.
+  void stop(benchmark::State& state, double flops) {
+    seconds_ += std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    flops_ += flops;
+    state.PauseTiming();
+    if (peak_.chains) fma_rates_.push_back(fma_rate(peak_, threads_));
+    state.ResumeTiming();
+  }
+  void report(benchmark::State& state) {
+    if (fma_rates_.empty()) return;
+    std::nth_element(fma_rates_.begin(), fma_rates_.begin() + fma_rates_.size() / 2, fma_rates_.end());
+    state.counters["peak_fraction"] = flops_ / seconds_ / 1e9 / fma_rates_[fma_rates_.size() / 2];
+  }
+
+ private:
+  FmaPeak peak_{nullptr, nullptr, 0};
+  int threads_;
+  std::chrono::steady_clock::time_point start_;
+  double seconds_ = 0, flops_ = 0;
+  std::vector<double> fma_rates_;
+};
+
+// ---------------------------------------------------------------------------------------
 // sdpa paths
 
 void run_sdpa_heads(Workspace& w, Index heads, const sdpa::Options& options) {
@@ -160,10 +299,14 @@ void BM_sdpa(benchmark::State& state, std::string path, Index n, Index d, bool c
   // Warm-up on one head, untimed: grows the per-thread scratch of the tiled paths to this
   // shape, so that the (few) iterations of the big sizes do not pay its first touch.
   run_sdpa_heads(w, 1, options);
+  PeakFraction fraction(sdpa::isa_name(sdpa::isa()), threads);
   for (auto _ : state) {
+    fraction.start();
     run_sdpa_heads(w, kHeads, options);
     benchmark::ClobberMemory();
+    if (path == "simd") fraction.stop(state, attention_flops(n, d, causal));
   }
+  fraction.report(state);
   set_gflops(state, attention_flops(n, d, causal));
 }
 
@@ -172,14 +315,17 @@ void BM_sdpa_dispatch(benchmark::State& state, const char* isa, Index n, Index d
   set_threads(threads);
   Workspace& w = Workspace::get(n, d);
   const DispatchHeads call{w.q.data(), w.k.data(), w.v.data(), w.out.data(), long(n), long(d), 1, causal, threads};
-  dispatch_build_attention(call, isa);  // warm-up, as in BM_sdpa
   DispatchHeads all = call;
   all.heads = kHeads;
-  const char* ran = nullptr;
+  const char* ran = dispatch_build_attention(call, isa);
+  PeakFraction fraction(ran, threads);
   for (auto _ : state) {
+    fraction.start();
     ran = dispatch_build_attention(all, isa);
     benchmark::ClobberMemory();
+    fraction.stop(state, attention_flops(n, d, causal));
   }
+  fraction.report(state);
   state.SetLabel(ran);
   set_gflops(state, attention_flops(n, d, causal));
 }
@@ -262,85 +408,6 @@ void BM_sgemm(benchmark::State& state, Index n, Index d, int threads) {
     benchmark::ClobberMemory();
   }
   set_gflops(state, attention_flops(n, d, false));
-}
-
-// ---------------------------------------------------------------------------------------
-// (a) the fp32 FMA ceiling of each ISA: per thread, kChains independent accumulators on its
-// vectors, each step one FMA per chain. Two FMA pipes x 4-cycle latency need >= 8 FMAs in
-// flight; 16 chains leave room for a 5-6 cycle latency and stay within 32 zmm registers (on
-// AVX2 they take all 16 ymm: the compiler keeps them there, as the loop needs nothing else).
-// Written with each ISA's intrinsics and target attributes, so that one binary measures the
-// AVX2 ceiling on an AVX-512 machine too.
-
-constexpr int kChains = 16;
-constexpr long kSteps = 1L << 16;  // 2^20 vector FMAs per thread per iteration: ~0.12 ms, >> fork/join
-
-#if SDPA_ARCH_X86_64 && (defined(__GNUC__) || defined(__clang__))
-#define SDPA_BENCH_FMA_CHAINS(name, features, Reg, set1, fmadd, add, floats)               \
-  __attribute__((target(features))) float name(float multiplier, float addend) {        \
-    Reg acc[kChains];                                                                   \
-    const Reg a = set1(multiplier), b = set1(addend);                                   \
-    for (int c = 0; c < kChains; ++c) acc[c] = set1(float(c));                          \
-    for (long step = 0; step < kSteps; ++step) {                                        \
-      _Pragma("GCC unroll 16") for (int c = 0; c < kChains; ++c) acc[c] = fmadd(acc[c], a, b); \
-    }                                                                                   \
-    Reg sum = acc[0];                                                                   \
-    for (int c = 1; c < kChains; ++c) sum = add(sum, acc[c]);                           \
-    float lanes[floats];                                                                \
-    std::memcpy(lanes, &sum, sizeof lanes);                                             \
-    return lanes[0];                                                                    \
-  }
-SDPA_BENCH_FMA_CHAINS(fma_chains_avx512, "avx512f", __m512, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_add_ps, 16)
-SDPA_BENCH_FMA_CHAINS(fma_chains_avx2, "avx2,fma", __m256, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_add_ps, 8)
-#endif
-
-float fma_chains_native(float multiplier, float addend) {  // the build's own vectors (any architecture)
-  using sdpa_bench::NativeVec;
-  NativeVec acc[kChains];
-  const NativeVec a = NativeVec::broadcast(multiplier), b = NativeVec::broadcast(addend);
-  for (int c = 0; c < kChains; ++c) acc[c] = NativeVec::broadcast(float(c));
-  for (long step = 0; step < kSteps; ++step) {
-#pragma GCC unroll 16
-    for (int c = 0; c < kChains; ++c) acc[c] = fma(acc[c], a, b);  // x <- x a + b: converges, no inf/denormal
-  }
-  NativeVec sum = acc[0];
-  for (int c = 1; c < kChains; ++c) sum = sum + acc[c];
-  float lanes[NativeVec::width];
-  sum.store(lanes);
-  return lanes[0];
-}
-
-void BM_fma_peak(benchmark::State& state, float (*chains)(float, float), int floats, int threads) {
-  float multiplier = 0.5f, addend = 0.25f;
-  for (auto _ : state) {
-    // The inputs are opaque to the compiler and the result is consumed: nothing folds away.
-    benchmark::DoNotOptimize(multiplier);
-    benchmark::DoNotOptimize(addend);
-#if SDPA_HAS_OPENMP
-#pragma omp parallel num_threads(threads)
-#endif
-    {
-      float result = chains(multiplier, addend);
-      benchmark::DoNotOptimize(result);
-    }
-  }
-  set_gflops(state, 2.0 * floats * double(kChains) * double(kSteps) * threads);
-}
-
-/// Every FMA ceiling this CPU has: (name, chains, floats per vector).
-struct FmaPeak {
-  const char* isa;
-  float (*chains)(float, float);
-  int floats;
-};
-std::vector<FmaPeak> fma_peaks() {
-  std::vector<FmaPeak> peaks;
-#if SDPA_ARCH_X86_64 && (defined(__GNUC__) || defined(__clang__))
-  if (sdpa::cpu_supports(sdpa::Isa::avx512)) peaks.push_back({"avx512", fma_chains_avx512, 16});
-  if (sdpa::cpu_supports(sdpa::Isa::avx2)) peaks.push_back({"avx2", fma_chains_avx2, 8});
-#endif
-  if (peaks.empty()) peaks.push_back({sdpa::isa_name(sdpa::isa()), fma_chains_native, sdpa_bench::NativeVec::width});
-  return peaks;
 }
 
 // ---------------------------------------------------------------------------------------

@@ -25,13 +25,19 @@ using NativeVec = sdpa::simd::Vec<float, sdpa::simd::neon>;
 using NativeVec = sdpa::simd::Vec<float, sdpa::simd::scalar>;
 #endif
 
-/// The CPU's model name (/proc/cpuinfo on Linux), or "unknown".
+/// The CPU's model name with its family and model numbers (/proc/cpuinfo on Linux: a VM may
+/// report only "Intel(R) Xeon(R) Processor", and the numbers still tell the generation), or
+/// "unknown".
 inline std::string cpu_model() {
   std::ifstream cpuinfo("/proc/cpuinfo");
-  for (std::string line; std::getline(cpuinfo, line);)
-    if (line.rfind("model name", 0) == 0 && line.find(':') != std::string::npos)
-      return line.substr(line.find(':') + 2);
-  return "unknown";
+  std::string name = "unknown", family, model;
+  const auto value = [](const std::string& line) { return line.substr(line.find(':') + 2); };
+  for (std::string line; std::getline(cpuinfo, line) && line.find(':') != std::string::npos;) {
+    if (line.rfind("model name", 0) == 0) name = value(line);
+    else if (line.rfind("cpu family", 0) == 0) family = value(line);
+    else if (line.rfind("model\t", 0) == 0) model = value(line);
+  }
+  return family.empty() ? name : name + " (family " + family + ", model " + model + ")";
 }
 
 /// The ISAs of this architecture that the CPU supports, widest first.

@@ -19,7 +19,7 @@ Options:
 Each panel draws, for the chosen d, causal and thread count, the GFLOP/s counter of
 attention/{simd,blocked,reference,eigen_careful,eigen_typical} and of sgemm (Eigen, same
 FLOPs and shape, non-causal) against N on a log2 axis, and the FMA peak of the same thread
-count (fma_peak/threads:T) as a dashed horizontal line. All panels share the y axis. When the
+count (fma_peak/ISA/threads:T, of the ISA sdpa ran) as a dashed horizontal line. All panels share the y axis. When the
 file holds repetitions, the median aggregate is plotted (or the median of the repetitions).
 """
 
@@ -33,6 +33,7 @@ from xml.sax.saxutils import escape
 # path name in the benchmark -> (legend label, colour, dash pattern or None)
 SERIES = [
     ("simd", "sdpa Simd", "#d62728", None),
+    ("simd_dispatch", "sdpa Simd, dispatch build", "#e377c2", "2,2"),
     ("blocked", "sdpa Blocked (scalar)", "#ff7f0e", None),
     ("reference", "sdpa Reference", "#8c564b", None),
     ("eigen_careful", "Eigen unfused, careful", "#1f77b4", None),
@@ -83,8 +84,10 @@ def load(path):
     points, peaks = {}, {}
     for name, gflops in values.items():
         kind, p = parse_name(name)
-        if kind == "fma_peak":
-            peaks[p.get("threads", 1)] = gflops
+        if kind.startswith("fma_peak"):  # fma_peak/ISA/threads:T: the peak of the ISA that ran
+            isa = kind.partition("/")[2]
+            if not isa or isa == data.get("context", {}).get("sdpa_isa", isa):
+                peaks[p.get("threads", 1)] = gflops
         elif "N" in p and "d" in p:
             points[(kind, p["N"], p["d"], p.get("causal"), p.get("threads", 1))] = gflops
     return data.get("context", {}), points, peaks
@@ -198,6 +201,8 @@ def legend_svg(x, y, lines, peak_shown):
 
 def machine_line(context):
     parts = []
+    if "cpu_model" in context:
+        parts.append(context["cpu_model"])
     if "num_cpus" in context:
         parts.append(f"{context['num_cpus']} CPUs")
     if "mhz_per_cpu" in context:

@@ -64,7 +64,7 @@ Kernel resolve_kernel(Kernel requested, Index nq, Index nk) {
 template <class T>
 void dispatch(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out, T* lse,
               double scale, const HeadMasks& masks, const Options& options) {
-  const Isa isa = sdpa::isa();  // the first call checks the CPU here, before any kernel runs
+  const Isa isa = sdpa::isa();
   switch (resolve_kernel<T>(options.kernel, q.rows, k.rows)) {
     case Kernel::Reference: return kernels::reference_attention(q, k, v, out, scale, masks, options, lse);
     case Kernel::Simd:
@@ -82,6 +82,7 @@ void dispatch(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> 
 template <class T>
 void run_attention(const char* function, MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v,
                    MatrixView<T> out, const Options& options, T* lse = nullptr) {
+  sdpa::isa();  // first of all, the CPU check (isa.hpp): before code built for the wider ISA runs
   validate_attention(function, q.rows, q.cols, k.rows, k.cols, &v.rows, &v.cols, options);
   reject_batched_options(function, options);
   validate_output(function, out, q.rows, v.cols, {{"Q", q}, {"K", k}, {"V", v}});

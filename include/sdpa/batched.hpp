@@ -102,6 +102,7 @@ void validate_batched(const TensorView<const T>& q, const TensorView<const T>& k
 template <class T>
 void attention(const TensorView<const T>& q, const TensorView<const T>& k, const TensorView<const T>& v,
                const TensorView<T>& out, const Options& options = {}) {
+  sdpa::isa();  // first of all, the CPU check (isa.hpp): before code built for the wider ISA runs
   detail::validate_batched(q, k, v, out, options);
   if (q.batch == 0 || q.heads == 0) return;
   const double scale = detail::resolve_scale("attention", options, q.features);
