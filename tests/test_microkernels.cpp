@@ -28,6 +28,19 @@ bool close(double got, double want, double abs_terms, Index n) {
   return std::fabs(got - want) <= 2.0 * double(n + 1) * kEps * abs_terms + 1e-30;
 }
 
+/// `got` against start + sum_i a[i a_step] b[i b_step], computed in double, within the bound of
+/// a float dot product of that many terms (the start counts as one when `with_start`).
+void check_dot(float got, double start, bool with_start, const float* a, Index a_step, const float* b, Index b_step,
+               Index n) {
+  double want = start, terms = std::fabs(start);
+  for (Index i = 0; i < n; ++i) {
+    const double term = double(a[i * a_step]) * b[i * b_step];
+    want += term;
+    terms += std::fabs(term);
+  }
+  CHECK(close(got, want, terms, n + (with_start ? 1 : 0)));
+}
+
 sdpa::kernels::MicrokernelSet under_test() { return sdpa::kernels::microkernels(sdpa::isa()); }
 
 }  // namespace
@@ -49,13 +62,7 @@ TEST_CASE("score block: s = q kt at every height", "[microkernels]") {
             CHECK(std::isnan(got));
             continue;
           }
-          double want = 0, terms = 0;
-          for (Index e = 0; e < dk; ++e) {
-            const double term = double(q[std::size_t(r * dk + e)]) * kt[std::size_t(e * kt_ld + c)];
-            want += term;
-            terms += std::fabs(term);
-          }
-          CHECK(close(got, want, terms, dk));
+          check_dot(got, 0.0, false, &q[std::size_t(r * dk)], 1, &kt[std::size_t(c)], kt_ld, dk);
         }
     }
 }
@@ -123,14 +130,8 @@ TEST_CASE("value block: acc = rescale acc + p v at every height, full and single
         CAPTURE(sdpa::isa_name(sdpa::isa()), rows, vectors, keys);
         for (Index r = 0; r < rows; ++r)
           for (Index c = 0; c < cols; ++c) {
-            double want = double(rescale[std::size_t(r)]) * before[std::size_t(r * acc_ld + c)];
-            double terms = std::fabs(want);
-            for (Index j = 0; j < keys; ++j) {
-              const double term = double(p[std::size_t(r * p_ld + j)]) * v[std::size_t(j * v_ld + c)];
-              want += term;
-              terms += std::fabs(term);
-            }
-            CHECK(close(acc[std::size_t(r * acc_ld + c)], want, terms, keys + 1));
+            check_dot(acc[std::size_t(r * acc_ld + c)], double(rescale[std::size_t(r)]) * before[std::size_t(r * acc_ld + c)],
+                      true, &p[std::size_t(r * p_ld)], 1, &v[std::size_t(c)], v_ld, keys);
           }
         for (Index r = rows; r < mk.rows; ++r) CHECK(std::isnan(acc[std::size_t(r * acc_ld)]));
       }
@@ -153,13 +154,7 @@ TEST_CASE("decode row tiles: scores and values read in place at every row count"
         mk.row_scores(rows, q.data(), d, k.data(), ld, keys, s.data(), s_ld);
         for (Index r = 0; r < rows; ++r)
           for (Index c = 0; c < keys; ++c) {
-            double want = 0, terms = 0;
-            for (Index e = 0; e < d; ++e) {
-              const double term = double(q[std::size_t(r * d + e)]) * k[std::size_t(c * ld + e)];
-              want += term;
-              terms += std::fabs(term);
-            }
-            CHECK(close(s[std::size_t(r * s_ld + c)], want, terms, d));
+            check_dot(s[std::size_t(r * s_ld + c)], 0.0, false, &q[std::size_t(r * d)], 1, &k[std::size_t(c * ld)], 1, d);
           }
         for (Index r = rows; r < mk.decode_rows; ++r) CHECK(std::isnan(s[std::size_t(r * s_ld)]));
 
@@ -170,14 +165,8 @@ TEST_CASE("decode row tiles: scores and values read in place at every row count"
         mk.row_accumulate(rows, p.data(), s_ld, keys, v.data(), ld, d, rescale.data(), acc.data());
         for (Index r = 0; r < rows; ++r)
           for (Index c = 0; c < d; ++c) {
-            double want = double(rescale[std::size_t(r)]) * before[std::size_t(r * d + c)];
-            double terms = std::fabs(want);
-            for (Index j = 0; j < keys; ++j) {
-              const double term = double(p[std::size_t(r * s_ld + j)]) * v[std::size_t(j * ld + c)];
-              want += term;
-              terms += std::fabs(term);
-            }
-            CHECK(close(acc[std::size_t(r * d + c)], want, terms, keys + 1));
+            check_dot(acc[std::size_t(r * d + c)], double(rescale[std::size_t(r)]) * before[std::size_t(r * d + c)], true,
+                      &p[std::size_t(r * s_ld)], 1, &v[std::size_t(c)], ld, keys);
           }
         for (Index r = rows; r < mk.decode_rows; ++r) CHECK(std::isnan(acc[std::size_t(r * d)]));
       }

@@ -34,6 +34,21 @@ SDPA_ALWAYS_INLINE void with_rows(Index n, F&& f) {
   f(std::integral_constant<int, R>{});
 }
 
+// The step both products are made of (the GEMM microkernel's inner step): acc[r][c] +=
+// column[r * stride] * row[c W .. c W + W), C loads and R broadcasts for R C FMAs.
+template <class V, int R, int C>
+SDPA_ALWAYS_INLINE void rank1_update(const float* column, Index stride, const float* row, V (&acc)[R][C]) {
+  V loaded[C];
+  SDPA_UNROLL
+  for (int c = 0; c < C; ++c) loaded[c] = V::load(row + c * V::width);
+  SDPA_UNROLL
+  for (int r = 0; r < R; ++r) {
+    const V scalar = V::broadcast(column[r * stride]);
+    SDPA_UNROLL
+    for (int c = 0; c < C; ++c) acc[r][c] = fma(scalar, loaded[c], acc[r][c]);
+  }
+}
+
 // s (R, C W) = q (R, d_k) kt (d_k, C W), in registers: kt is a K^T panel, row stride kt_ld.
 template <class V, int R, int C>
 SDPA_ALWAYS_INLINE void score_registers(const float* q, Index dk, const float* kt, Index kt_ld, V (&s)[R][C]) {
@@ -41,17 +56,7 @@ SDPA_ALWAYS_INLINE void score_registers(const float* q, Index dk, const float* k
   for (int r = 0; r < R; ++r)
     SDPA_UNROLL
     for (int c = 0; c < C; ++c) s[r][c] = V::zero();
-  for (Index e = 0; e < dk; ++e) {
-    V key[C];
-    SDPA_UNROLL
-    for (int c = 0; c < C; ++c) key[c] = V::load(kt + e * kt_ld + c * V::width);
-    SDPA_UNROLL
-    for (int r = 0; r < R; ++r) {
-      const V query = V::broadcast(q[r * dk + e]);
-      SDPA_UNROLL
-      for (int c = 0; c < C; ++c) s[r][c] = fma(query, key[c], s[r][c]);
-    }
-  }
+  for (Index e = 0; e < dk; ++e) rank1_update<V, R, C>(q + e, dk, kt + e * kt_ld, s);
 }
 
 // s (R, C W) = q (R, d_k) kt (d_k, C W), stored.
@@ -105,17 +110,7 @@ SDPA_ALWAYS_INLINE void value_block(const float* p, Index p_ld, Index keys, cons
     SDPA_UNROLL
     for (int c = 0; c < C; ++c) out[r][c] = V::load(acc + r * acc_ld + c * V::width) * factor;
   }
-  for (Index j = 0; j < keys; ++j) {
-    V value[C];
-    SDPA_UNROLL
-    for (int c = 0; c < C; ++c) value[c] = V::load(v + j * v_ld + c * V::width);
-    SDPA_UNROLL
-    for (int r = 0; r < R; ++r) {
-      const V weight = V::broadcast(p[r * p_ld + j]);
-      SDPA_UNROLL
-      for (int c = 0; c < C; ++c) out[r][c] = fma(weight, value[c], out[r][c]);
-    }
-  }
+  for (Index j = 0; j < keys; ++j) rank1_update<V, R, C>(p + j, p_ld, v + j * v_ld, out);
   SDPA_UNROLL
   for (int r = 0; r < R; ++r)
     SDPA_UNROLL
