@@ -58,9 +58,12 @@ SDPA_BASELINE_CODE inline bool disabled_by_environment(Isa isa) {
   if (!list) return false;
   const char* name = isa_name(isa);
   const std::size_t length = std::strlen(name);
-  for (const char* item = list; *item; item += std::strcspn(item, ",") + (item[std::strcspn(item, ",")] ? 1 : 0))
-    if (std::strcspn(item, ",") == length && std::strncmp(item, name, length) == 0) return true;
-  return false;
+  for (const char* item = list;; ++item) {  // the comma-separated names, one at a time
+    const std::size_t item_length = std::strcspn(item, ",");
+    if (item_length == length && std::strncmp(item, name, length) == 0) return true;
+    item += item_length;
+    if (*item == '\0') return false;
+  }
 }
 }  // namespace detail
 
@@ -92,24 +95,24 @@ SDPA_BASELINE_CODE inline bool cpu_supports(Isa isa) {
   }
 }
 
-/// The ISAs whose kernels this translation unit was compiled with, widest first. Static
-/// mode: the build's own and scalar; dispatch mode: every one of the architecture.
-inline std::vector<Isa> compiled_isas() {
-  std::vector<Isa> isas;
-  if (SDPA_TARGET_AVX512) isas.push_back(Isa::avx512);
-  if (SDPA_TARGET_AVX2) isas.push_back(Isa::avx2);
-  if (SDPA_TARGET_NEON) isas.push_back(Isa::neon);
-  isas.push_back(Isa::scalar);
-  return isas;
-}
-
 namespace detail {
-
 /// True when this translation unit has the kernels of `isa` (compiled_isas() as a test).
 SDPA_BASELINE_CODE inline bool compiled(Isa isa) {
   return isa == Isa::scalar || (isa == Isa::avx512 && SDPA_TARGET_AVX512) || (isa == Isa::avx2 && SDPA_TARGET_AVX2) ||
          (isa == Isa::neon && SDPA_TARGET_NEON);
 }
+}  // namespace detail
+
+/// The ISAs whose kernels this translation unit was compiled with, widest first. Static
+/// mode: the build's own and scalar; dispatch mode: every one of the architecture.
+inline std::vector<Isa> compiled_isas() {
+  std::vector<Isa> isas;
+  for (const Isa isa : {Isa::avx512, Isa::avx2, Isa::neon, Isa::scalar})
+    if (detail::compiled(isa)) isas.push_back(isa);
+  return isas;
+}
+
+namespace detail {
 
 inline std::string isa_list() {
   std::string names;
