@@ -130,7 +130,7 @@ TEST_CASE("projections and layers name the weights at fault", "[errors]") {
                   {"b is 1x3", "W is 4x2"});
   Matrix<float> XW = Matrix<float>::Ones(4, 4);
   require_invalid([&] { sdpa::project_into(XW.leftCols(2), Matrix<float>::Ones(2, 2), {}, XW.middleCols(1, 2)); },
-                  {"sdpa::project_into", "out (4x2) overlaps X or W"});
+                  {"sdpa::project_into", "out (4x2) overlaps X, W or b"});
   Matrix<float> Y(4, 2);
   sdpa::project_into(XW.leftCols(2), Matrix<float>::Ones(2, 2), sdpa::RowVector<float>::Ones(2), Y);
   CHECK((Y.array() == 3.0f).all());

@@ -1,9 +1,10 @@
 // sdpa/attention.hpp - attention(), attention_into(), attention_weights(): validate, then dispatch.
 /// \file
 /// Attention on one head: attention(), attention_into(), attention_weights(), merge_attention(),
-/// attention_weights_from_lse(), and the Eigen aliases Matrix, Vector, ConstRef and Ref.
+/// attention_weights_from_lse(), and the Eigen aliases Matrix and Vector.
 #pragma once
 
+#include "detail/bind.hpp"
 #include "detail/validate.hpp"
 #include "isa.hpp"
 #include "kernels/reference.hpp"
@@ -22,24 +23,7 @@ SDPA_BEGIN_NAMESPACE
 template <class T>
 using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
-/// A read-only row-major view of any Eigen expression: row-major storage with unit inner
-/// stride binds without a copy; anything else (column-major, A * B, ...) is evaluated once.
-template <class T>
-using ConstRef = Eigen::Ref<const Matrix<T>, 0, Eigen::OuterStride<>>;
-/// A writable row-major matrix, Map or block of one.
-template <class T>
-using Ref = Eigen::Ref<Matrix<T>, 0, Eigen::OuterStride<>>;
-
 namespace detail {
-
-template <class T>
-MatrixView<const T> view_of(const ConstRef<T>& m) {
-  return {m.data(), m.rows(), m.cols(), m.outerStride()};
-}
-template <class T>
-MatrixView<T> view_of(Ref<T>& m) {
-  return {m.data(), m.rows(), m.cols(), m.outerStride()};
-}
 
 /// The path that runs (README, "Kernels"). Auto's choices were measured with
 /// benchmarks/bench_auto (1 thread, AVX-512): float runs Simd, except for tiny problems with
@@ -83,29 +67,35 @@ template <class T>
 void run_attention(const char* function, MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v,
                    MatrixView<T> out, const Options& options, T* lse = nullptr) {
   sdpa::isa();  // first of all, the CPU check (isa.hpp): before code built for the wider ISA runs
-  validate_attention(function, q.rows, q.cols, k.rows, k.cols, &v.rows, &v.cols, options);
+  validate_attention<T>(function, q.rows, q.cols, k.rows, k.cols, &v.rows, &v.cols, options);
   reject_batched_options(function, options);
-  validate_output(function, out, q.rows, v.cols, {{"Q", q}, {"K", k}, {"V", v}});
-  dispatch(q, k, v, out, lse, resolve_scale(function, options, q.cols), HeadMasks::of(options), options);
+  validate_output(function, out, q.rows, v.cols, {{"Q", q}, {"K", k}, {"V", v}}, options, lse);
+  dispatch(q, k, v, out, lse, resolve_scale<T>(function, options, q.cols), HeadMasks::of(options), options);
 }
+
+/// T, in a context where a template argument is never deduced from it (std::type_identity_t).
+template <class T>
+using Exactly = typename std::enable_if<true, T>::type;
+
+/// Enables a template for arguments that results can be written into (see bind.hpp).
+template <class D>
+using if_writable = std::enable_if_t<is_writable_matrix<D>()>;
 
 }  // namespace detail
 
 /// Writes softmax(scale Q K^T + mask) V into `out` (Nq x d_v, row-major; a Matrix, Map or
-/// block of one), reusing the caller's memory: fresh memory is costly to touch, so a loop of
-/// calls should own its output.
+/// block of one, whose elements each have a place of their own), reusing the caller's memory:
+/// fresh memory is costly to touch, so a loop of calls should own its output.
 ///
 ///     sdpa::Matrix<float> out(Q.rows(), V.cols());
 ///     for (...) sdpa::attention_into(Q, K, V, out);
-template <class DQ, class DK, class DV>
+template <class DQ, class DK, class DV, class DO, class = detail::if_writable<DO>>
 void attention_into(const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>& K, const Eigen::MatrixBase<DV>& V,
-                    Ref<typename DQ::Scalar> out, const Options& options = {}) {
+                    DO&& out, const Options& options = {}) {
   using T = typename DQ::Scalar;
-  static_assert(std::is_same_v<T, typename DK::Scalar> && std::is_same_v<T, typename DV::Scalar>,
-                "sdpa::attention: Q, K and V must have the same scalar type");
-  const ConstRef<T> q(Q.derived()), k(K.derived()), v(V.derived());
-  detail::run_attention<T>("attention_into", detail::view_of(q), detail::view_of(k), detail::view_of(v),
-                           detail::view_of(out), options);
+  const detail::Input<T> q(Q), k(K), v(V);
+  detail::run_attention<T>("attention_into", q.view(), k.view(), v.view(),
+                           detail::output_view<T>("attention_into", "out", out), options);
 }
 
 /// A dynamic-size Eigen column vector: the per-row log-sum-exps (`lse`) of attention_into(),
@@ -117,19 +107,16 @@ using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
 /// exp(scale q_i . k_j + bias_ij) over the keys row i may see (-inf for a fully masked row):
 /// the statistic that merges partial results (merge_attention) and reproduces any row's
 /// weights without the others (attention_weights_from_lse).
-template <class DQ, class DK, class DV>
+template <class DQ, class DK, class DV, class DO, class = detail::if_writable<DO>>
 void attention_into(const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>& K, const Eigen::MatrixBase<DV>& V,
-                    Ref<typename DQ::Scalar> out, Eigen::Ref<Vector<typename DQ::Scalar>> lse,
-                    const Options& options = {}) {
+                    DO&& out, Eigen::Ref<Vector<typename DQ::Scalar>> lse, const Options& options = {}) {
   using T = typename DQ::Scalar;
-  static_assert(std::is_same_v<T, typename DK::Scalar> && std::is_same_v<T, typename DV::Scalar>,
-                "sdpa::attention: Q, K and V must have the same scalar type");
-  const ConstRef<T> q(Q.derived()), k(K.derived()), v(V.derived());
+  const detail::Input<T> q(Q), k(K), v(V);
   if (lse.size() != q.rows())
     detail::fail("attention_into", "lse has ", lse.size(), " entries but Q is ", detail::shape(q.rows(), q.cols()),
                  ": it needs one per query row");
-  detail::run_attention<T>("attention_into", detail::view_of(q), detail::view_of(k), detail::view_of(v),
-                           detail::view_of(out), options, lse.data());
+  detail::run_attention<T>("attention_into", q.view(), k.view(), v.view(),
+                           detail::output_view<T>("attention_into", "out", out), options, lse.data());
 }
 
 /// Combines two attention results over disjoint key sets of the same queries into the result
@@ -137,15 +124,26 @@ void attention_into(const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>&
 ///     o = (e^(lse - m) o + e^(lse_b - m) o_b) / (e^(lse - m) + e^(lse_b - m)),  m = max(lse, lse_b)
 /// This is how a long context sharded across threads, processes or machines is put back
 /// together: each shard runs attention_into with an LSE, then the partials are merged.
-template <class T>
-void merge_attention(Ref<T> out, Eigen::Ref<Vector<T>> lse, const ConstRef<T>& out_b,
-                     const Eigen::Ref<const Vector<T>>& lse_b) {
-  if (out_b.rows() != out.rows() || out_b.cols() != out.cols() || lse.size() != out.rows() ||
-      lse_b.size() != out.rows())
-    detail::fail("merge_attention", "out is ", detail::shape(out.rows(), out.cols()), " with ", lse.size(),
-                 " LSEs and out_b is ", detail::shape(out_b.rows(), out_b.cols()), " with ", lse_b.size(),
+///
+///     sdpa::merge_attention(out, lse, out_b, lse_b);  // the scalar type follows `out`
+template <class Scalar = void, class DO, class DB,
+          class T = std::conditional_t<std::is_void_v<Scalar>, typename std::decay_t<DO>::Scalar, Scalar>,
+          class = detail::if_writable<DO>>
+void merge_attention(DO&& out, Eigen::Ref<Vector<detail::Exactly<T>>> lse, const Eigen::MatrixBase<DB>& out_b,
+                     const Eigen::Ref<const Vector<detail::Exactly<T>>>& lse_b) {
+  const char* fn = "merge_attention";
+  const MatrixView<T> o = detail::output_view<T>(fn, "out", out);
+  const detail::Input<T> b(out_b);
+  if (b.rows() != o.rows || b.cols() != o.cols || lse.size() != o.rows || lse_b.size() != o.rows)
+    detail::fail(fn, "out is ", detail::shape(o.rows, o.cols), " with ", lse.size(), " LSEs and out_b is ",
+                 detail::shape(b.rows(), b.cols()), " with ", lse_b.size(),
                  ": both parts need the same shape and one LSE per row");
-  kernels::merge_partial(detail::view_of(out), lse.data(), detail::view_of(out_b), lse_b.data());
+  const MatrixView<const T> lse_view(lse.data(), lse.size(), 1, 1), lse_b_view(lse_b.data(), lse_b.size(), 1, 1);
+  if (detail::overlaps(MatrixView<const T>(o), b.view()) || detail::overlaps(MatrixView<const T>(o), lse_view) ||
+      detail::overlaps(MatrixView<const T>(o), lse_b_view) || detail::overlaps(lse_view, b.view()) ||
+      detail::overlaps(lse_view, lse_b_view))
+    detail::fail(fn, "out and lse must not overlap each other, out_b or lse_b");
+  kernels::merge_partial(o, lse.data(), b.view(), lse_b.data());
 }
 
 /// Rows [first_row, first_row + lse.size()) of the attention weights, from the LSEs that
@@ -157,20 +155,20 @@ Matrix<typename DQ::Scalar> attention_weights_from_lse(const Eigen::MatrixBase<D
                                                        const Eigen::Ref<const Vector<typename DQ::Scalar>>& lse,
                                                        Index first_row, const Options& options = {}) {
   using T = typename DQ::Scalar;
-  const ConstRef<T> q(Q.derived()), k(K.derived());
+  const detail::Input<T> q(Q), k(K);
   const char* fn = "attention_weights_from_lse";
-  detail::validate_attention(fn, q.rows(), q.cols(), k.rows(), k.cols(), nullptr, nullptr, options);
+  detail::validate_attention<T>(fn, q.rows(), q.cols(), k.rows(), k.cols(), nullptr, nullptr, options);
   detail::reject_batched_options(fn, options);
-  if (first_row < 0 || first_row + lse.size() > q.rows())
-    detail::fail(fn, "rows [", first_row, ", ", first_row + lse.size(), ") are not all rows of Q (",
+  if (first_row < 0 || first_row > q.rows() || lse.size() > q.rows() - first_row)  // no overflow for any first_row
+    detail::fail(fn, "rows [", first_row, ", ", first_row, " + ", lse.size(), ") are not all rows of Q (",
                  detail::shape(q.rows(), q.cols()), ")");
-  const double scale = detail::resolve_scale(fn, options, q.cols());
+  const double scale = detail::resolve_scale<T>(fn, options, q.cols());
   const detail::MaskPolicy<T> mask(options, q.rows(), k.rows(), T(1));
   Matrix<T> weights(lse.size(), k.rows());
   for (Index r = 0; r < lse.size(); ++r) {
     const Index i = first_row + r;
     T* p = weights.row(r).data();
-    kernels::reference_scores(detail::view_of(q), detail::view_of(k), i, scale, mask, p);
+    kernels::reference_scores(q.view(), k.view(), i, scale, mask, p);
     for (Index j = 0; j < k.rows(); ++j) p[j] = std::exp(p[j] - lse(r));  // exp(-inf - x) = 0
     if (lse(r) == -std::numeric_limits<T>::infinity()) weights.row(r).setZero();
   }
@@ -187,11 +185,9 @@ template <class DQ, class DK, class DV>
 Matrix<typename DQ::Scalar> attention(const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>& K,
                                       const Eigen::MatrixBase<DV>& V, const Options& options = {}) {
   using T = typename DQ::Scalar;
-  static_assert(std::is_same_v<T, typename DK::Scalar> && std::is_same_v<T, typename DV::Scalar>,
-                "sdpa::attention: Q, K and V must have the same scalar type");
-  const ConstRef<T> q(Q.derived()), k(K.derived()), v(V.derived());
+  const detail::Input<T> q(Q), k(K), v(V);
   Matrix<T> out(q.rows(), v.cols());
-  detail::run_attention<T>("attention", detail::view_of(q), detail::view_of(k), detail::view_of(v),
+  detail::run_attention<T>("attention", q.view(), k.view(), v.view(),
                            MatrixView<T>(out.data(), out.rows(), out.cols(), out.cols()), options);
   return out;
 }
@@ -202,13 +198,12 @@ template <class DQ, class DK>
 Matrix<typename DQ::Scalar> attention_weights(const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>& K,
                                               const Options& options = {}) {
   using T = typename DQ::Scalar;
-  static_assert(std::is_same_v<T, typename DK::Scalar>, "sdpa::attention_weights: Q and K must have the same scalar type");
-  const ConstRef<T> q(Q.derived()), k(K.derived());
-  detail::validate_attention("attention_weights", q.rows(), q.cols(), k.rows(), k.cols(), nullptr, nullptr, options);
+  const detail::Input<T> q(Q), k(K);
+  detail::validate_attention<T>("attention_weights", q.rows(), q.cols(), k.rows(), k.cols(), nullptr, nullptr, options);
   detail::reject_batched_options("attention_weights", options);
-  const double scale = detail::resolve_scale("attention_weights", options, q.cols());
+  const double scale = detail::resolve_scale<T>("attention_weights", options, q.cols());
   Matrix<T> weights(q.rows(), k.rows());
-  kernels::reference_weights(detail::view_of(q), detail::view_of(k), scale, detail::HeadMasks::of(options), options,
+  kernels::reference_weights(q.view(), k.view(), scale, detail::HeadMasks::of(options), options,
                              MatrixView<T>(weights.data(), weights.rows(), weights.cols(), weights.cols()));
   return weights;
 }

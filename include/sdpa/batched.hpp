@@ -7,6 +7,10 @@
 
 #include "attention.hpp"
 
+#include <algorithm>
+#include <cstdint>
+#include <iterator>
+#include <utility>
 #include <vector>
 
 SDPA_BEGIN_NAMESPACE
@@ -22,13 +26,36 @@ std::string shape4(const char* name, const TensorView<T>& t) {
   return shape4(name, t.batch, t.heads, t.tokens, t.features);
 }
 
-/// The address range a view spans, for the overlap check.
+/// The address range [first, end) a view spans, for the overlap checks; false when the
+/// arithmetic would overflow (strides no real buffer can have).
 template <class T>
-std::pair<std::uintptr_t, std::uintptr_t> span(const TensorView<T>& t) {
+bool span(const TensorView<T>& t, std::pair<std::uintptr_t, std::uintptr_t>& range) {
+  Index last = t.features - 1;
+  for (const auto& [size, stride] : {std::pair{t.batch, t.batch_stride}, {t.heads, t.head_stride}, {t.tokens, t.token_stride}}) {
+    if (size > 1 && stride > (PTRDIFF_MAX / Index(sizeof(T)) - last) / (size - 1)) return false;
+    if (size > 1) last += (size - 1) * stride;
+  }
   const auto first = reinterpret_cast<std::uintptr_t>(t.data);
-  const Index last = (t.batch - 1) * t.batch_stride + (t.heads - 1) * t.head_stride +
-                     (t.tokens - 1) * t.token_stride + t.features - 1;
-  return {first, first + std::uintptr_t(last + 1) * sizeof(T)};
+  range = {first, first + std::uintptr_t(last + 1) * sizeof(T)};
+  return true;
+}
+
+/// True when no two elements (b, h, n, f) of `t` share an address: taken by increasing
+/// stride, each dimension of size > 1 must step over everything the smaller ones span (the
+/// check of PyTorch's "non-overlapping" tensors; layouts that interleave dimensions fail it
+/// even when they happen not to overlap).
+template <class T>
+bool owns_its_elements(const TensorView<T>& t) {
+  if (t.batch == 0 || t.heads == 0 || t.tokens == 0 || t.features == 0) return true;  // no elements at all
+  std::pair<Index, Index> dims[3] = {{t.token_stride, t.tokens}, {t.head_stride, t.heads}, {t.batch_stride, t.batch}};
+  std::sort(std::begin(dims), std::end(dims));
+  Index extent = t.features;  // elements spanned by the dimensions taken so far
+  for (const auto& [stride, size] : dims) {
+    if (size <= 1) continue;
+    if (stride < extent) return false;
+    extent = stride * (size - 1) + extent;  // no overflow: span() checked the same sum
+  }
+  return true;
 }
 
 template <class T>
@@ -36,6 +63,10 @@ void validate_batched(const TensorView<const T>& q, const TensorView<const T>& k
                       const TensorView<T>& out, const Options& options) {
   const char* fn = "attention";
   const std::string all = shape4("Q", q) + ", " + shape4("K", k) + ", " + shape4("V", v) + ", " + shape4("out", out);
+  const TensorView<const T> views[] = {q, k, v, out};
+  for (const auto& t : views)
+    if (t.batch < 0 || t.heads < 0 || t.tokens < 0 || t.features < 0)
+      fail(fn, "sizes must not be negative: ", all);
   if (k.batch != q.batch || v.batch != q.batch || out.batch != q.batch)
     fail(fn, "batch sizes differ: ", all);
   if (k.heads != v.heads) fail(fn, "K and V need the same number of heads: ", all);
@@ -43,27 +74,38 @@ void validate_batched(const TensorView<const T>& q, const TensorView<const T>& k
     fail(fn, "query heads (", q.heads, ") must be a multiple of key/value heads (", k.heads, "): ", all);
   if (out.heads != q.heads || out.tokens != q.tokens || out.features != v.features)
     fail(fn, "out must be [", q.batch, ", ", q.heads, ", ", q.tokens, ", ", v.features, "]: ", all);
-  for (const auto* t : {&q, &k, &v})
-    if (t->batch_stride < 0 || t->head_stride < 0 || t->token_stride < 0)
+  for (const auto& t : views)
+    if (t.batch_stride < 0 || t.head_stride < 0 || t.token_stride < 0)
       fail(fn, "strides must not be negative: ", all);
-  if (out.batch_stride < 0 || out.head_stride < 0 || out.token_stride < out.features)
-    fail(fn, "out's strides must give every element its own place: ", all);
-  validate_attention(fn, q.tokens, q.features, k.tokens, k.features, &v.tokens, &v.features, options);
+  std::pair<std::uintptr_t, std::uintptr_t> range;
+  for (const auto& t : views)
+    if (!span(t, range)) fail(fn, "strides too large to address: ", all);
+  if (!owns_its_elements(out))
+    fail(fn, "out's strides (batch ", out.batch_stride, ", head ", out.head_stride, ", token ", out.token_stride,
+         ") give two elements one place: results would overwrite each other: ", all);
+  validate_attention<T>(fn, q.tokens, q.features, k.tokens, k.features, &v.tokens, &v.features, options);
 
   const auto check_broadcast = [&](const char* name, Index b, Index h, Index n, Index keys) {
     if ((b != 1 && b != q.batch) || (h != 1 && h != q.heads) || (n != 1 && n != q.tokens) || keys != k.tokens)
       fail(fn, name, " is ", shape4("", b, h, n, keys).substr(1), " but the scores are [", q.batch, ", ", q.heads, ", ",
            q.tokens, ", ", k.tokens, "]: each size must match or be 1");
   };
+  const auto check_strides = [&](const char* name, const auto& m) {
+    if (m.batch_stride < 0 || m.head_stride < 0 || m.token_stride < 0 || !span(m, range))
+      fail(fn, name, "'s strides (", m.batch_stride, ", ", m.head_stride, ", ", m.token_stride,
+           ") must not be negative or too large to address");
+  };
   if (!options.batch_mask.empty()) {
     if (!options.mask.empty()) fail(fn, "give options.mask or options.batch_mask, not both");
     const auto& m = options.batch_mask;
     check_broadcast("options.batch_mask", m.batch, m.heads, m.tokens, m.features);
+    check_strides("options.batch_mask", m);
   }
   if (!options.batch_bias.empty()) {
     if (!options.bias.empty()) fail(fn, "give options.bias or options.batch_bias, not both");
     const auto& m = options.batch_bias;
     check_broadcast("options.batch_bias", m.batch, m.heads, m.tokens, m.features);
+    check_strides("options.batch_bias", m);
   }
   const auto& lengths = options.sequence_lengths;
   if (!lengths.empty()) {
@@ -75,10 +117,26 @@ void validate_batched(const TensorView<const T>& q, const TensorView<const T>& k
         fail(fn, "options.sequence_lengths[", b, "] is ", lengths[b], ": it must lie in [0, ", k.tokens, "]");
   }
   // Overlap: exact per head when the spans meet (a fused buffer holding the output too).
-  const auto [out_first, out_end] = span(out);
+  std::pair<std::uintptr_t, std::uintptr_t> out_range, in_range;
+  span(out, out_range);
+  const auto disjoint = [&](const auto& input) {
+    return input.data == nullptr || !span(input, in_range) || in_range.second <= out_range.first ||
+           out_range.second <= in_range.first;
+  };
+  if (out.data) {
+    if (!options.batch_mask.empty() && !disjoint(options.batch_mask)) fail(fn, "out overlaps options.batch_mask: ", all);
+    if (!options.batch_bias.empty() && !disjoint(options.batch_bias)) fail(fn, "out overlaps options.batch_bias: ", all);
+    const auto check_2d = [&](const char* name, const auto& m) {
+      for (Index b = 0; b < q.batch; ++b)
+        for (Index h = 0; h < out.heads; ++h)
+          if (overlaps(MatrixView<const T>(out.head(b, h)), m)) fail(fn, "out overlaps ", name, ": ", all);
+    };
+    if (!options.mask.empty()) check_2d("options.mask", options.mask);
+    if (!options.bias.f32.empty()) check_2d("options.bias", options.bias.f32);
+    if (!options.bias.f64.empty()) check_2d("options.bias", options.bias.f64);
+  }
   for (const auto& [name, input] : {std::pair<const char*, const TensorView<const T>*>{"Q", &q}, {"K", &k}, {"V", &v}}) {
-    const auto [in_first, in_end] = span(*input);
-    if (in_end <= out_first || out_end <= in_first) continue;
+    if (!out.data || disjoint(*input)) continue;
     for (Index b = 0; b < q.batch; ++b)
       for (Index h = 0; h < out.heads; ++h)
         for (Index hi = 0; hi < input->heads; ++hi)
@@ -105,7 +163,7 @@ void attention(const TensorView<const T>& q, const TensorView<const T>& k, const
   sdpa::isa();  // first of all, the CPU check (isa.hpp): before code built for the wider ISA runs
   detail::validate_batched(q, k, v, out, options);
   if (q.batch == 0 || q.heads == 0) return;
-  const double scale = detail::resolve_scale("attention", options, q.features);
+  const double scale = detail::resolve_scale<T>("attention", options, q.features);
   const Index group = q.heads / k.heads;
   const Kernel kernel = detail::resolve_kernel<T>(options.kernel, q.tokens, k.tokens);
   const BlockConfig blocks = kernels::choose_blocks(options.blocks, q.tokens, k.tokens, q.features, v.features,

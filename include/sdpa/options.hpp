@@ -7,7 +7,10 @@
 
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <optional>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace sdpa {
@@ -33,29 +36,53 @@ struct BlockConfig {
 /// cover [0, count), from any threads, and return when all calls have returned.
 using ParallelFor = std::function<void(Index count, const std::function<void(Index begin, Index end)>& body)>;
 
+/// A matrix argument of an option (a mask, a bias): a view of the caller's matrix when it is
+/// an lvalue, or its own copy of a temporary, so that neither `options.mask = make_mask();`
+/// nor `options.mask = make_mask().topRows(3);` can dangle. Copies share what they own.
+template <class T>
+struct MatrixArg : MatrixView<const T> {
+  using Plain = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+
+  /// None (empty).
+  MatrixArg() = default;
+  /// A view of memory the caller keeps alive.
+  MatrixArg(MatrixView<const T> view) : MatrixView<const T>(view) {}  // NOLINT(google-explicit-constructor)
+  /// Views an lvalue Eigen object with direct access (Matrix, Map, Ref, Block of those).
+  template <class Derived, class = std::enable_if_t<
+                               (Eigen::internal::traits<Derived>::Flags & Eigen::DirectAccessBit) != 0>>
+  MatrixArg(const Eigen::DenseBase<Derived>& m)  // NOLINT(google-explicit-constructor): a view is its matrix
+      : MatrixView<const T>(m) {}
+  /// Keeps a temporary (a Matrix, a block of one, any expression) alive: evaluated once and owned.
+  template <class Temporary, class = std::enable_if_t<!std::is_lvalue_reference_v<Temporary> &&
+                                                      std::is_base_of_v<Eigen::DenseBase<Temporary>, Temporary>>>
+  MatrixArg(Temporary&& m)  // NOLINT(google-explicit-constructor)
+      : MatrixArg(std::make_shared<const Plain>(std::move(m))) {}
+
+ private:
+  explicit MatrixArg(std::shared_ptr<const Plain> owned)
+      : MatrixView<const T>(owned->data(), owned->rows(), owned->cols(), owned->cols()), owned_(std::move(owned)) {}
+  std::shared_ptr<const Plain> owned_;
+};
+
 /// An additive bias added to the scaled scores, float or double whatever the inputs are.
 /// Nq x Nk, or 1 x Nk to broadcast over queries. -inf forbids a pair; finite values shift it.
 struct Bias {
   /// The bias when it is float; empty otherwise.
-  MatrixView<const float> f32;
+  MatrixArg<float> f32;
   /// The bias when it is double; empty otherwise.
-  MatrixView<const double> f64;
+  MatrixArg<double> f64;
 
   /// No bias.
   Bias() = default;
-  /// A float bias.
-  Bias(MatrixView<const float> v) : f32(v) {}   // NOLINT(google-explicit-constructor)
-  /// A double bias.
-  Bias(MatrixView<const double> v) : f64(v) {}  // NOLINT(google-explicit-constructor)
-  /// Views a float or double Eigen object with direct access (Matrix, Map, Ref, Block of those).
-  template <class Derived, class = std::enable_if_t<
-                               (Eigen::internal::traits<Derived>::Flags & Eigen::DirectAccessBit) != 0>>
-  Bias(const Eigen::DenseBase<Derived>& m)  // NOLINT(google-explicit-constructor)
-      : Bias(MatrixView<const typename Derived::Scalar>(m)) {}
-  /// Deleted: a view of a temporary Matrix would dangle.
-  template <class Plain, class = std::enable_if_t<!std::is_lvalue_reference_v<Plain> &&
-                                                  std::is_base_of_v<Eigen::PlainObjectBase<Plain>, Plain>>>
-  Bias(Plain&& m) = delete;  // a view of a temporary Matrix would dangle
+  /// A float bias (a view, or an owned temporary).
+  Bias(MatrixArg<float> v) : f32(std::move(v)) {}   // NOLINT(google-explicit-constructor)
+  /// A double bias (a view, or an owned temporary).
+  Bias(MatrixArg<double> v) : f64(std::move(v)) {}  // NOLINT(google-explicit-constructor)
+  /// Views a float or double lvalue Eigen object, or keeps a temporary one alive.
+  template <class Matrix, class Scalar = typename std::decay_t<Matrix>::Scalar,
+            class = std::enable_if_t<std::is_same_v<Scalar, float> || std::is_same_v<Scalar, double>>>
+  Bias(Matrix&& m)  // NOLINT(google-explicit-constructor)
+      : Bias(MatrixArg<Scalar>(std::forward<Matrix>(m))) {}
 
   /// True when there is no bias.
   bool empty() const { return f32.empty() && f64.empty(); }
@@ -65,7 +92,8 @@ struct Bias {
   Index cols() const { return f32.empty() ? f64.cols : f32.cols; }
   /// Element (i, j) as a double; not bounds-checked.
   double operator()(Index i, Index j) const { return f32.empty() ? f64(i, j) : double(f32(i, j)); }
-  /// Columns [first, first + count) (keys of one piece of a split call).
+  /// Columns [first, first + count) (keys of one piece of a split call): views, valid while
+  /// this Bias lives.
   Bias middle_cols(Index first, Index count) const {
     Bias b;
     if (!f32.empty()) b.f32 = f32.middle_cols(first, count);
@@ -85,7 +113,7 @@ struct Options {
   bool causal = false;           ///< bottom-right aligned causal mask (docs/design.md, "Conventions")
   Kernel kernel = Kernel::Auto;  ///< which path runs
 
-  MatrixView<const bool> mask;      ///< true = may attend; Nq x Nk or 1 x Nk; empty = none
+  MatrixArg<bool> mask;             ///< true = may attend; Nq x Nk or 1 x Nk; empty = none
   Bias bias;                        ///< added to the scaled scores; Nq x Nk or 1 x Nk; empty = none
   std::vector<Index> key_lengths;   ///< padding: query i sees keys j < key_lengths[i]; Nq entries, or 1 for all
 

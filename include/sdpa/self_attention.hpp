@@ -101,7 +101,7 @@ class SelfAttention {
   /// Self-attention: every token of X attends to every token of X (subject to options).
   template <class DX>
   Matrix<T> forward(const Eigen::MatrixBase<DX>& X, const Options& options = {}) const {
-    const ConstRef<T> x(X.derived());
+    const detail::Input<T> x(X);
     return run(x, x, "X", options);
   }
 
@@ -109,7 +109,7 @@ class SelfAttention {
   template <class DX, class DM>
   Matrix<T> forward(const Eigen::MatrixBase<DX>& X, const Eigen::MatrixBase<DM>& memory,
                     const Options& options = {}) const {
-    const ConstRef<T> x(X.derived()), m(memory.derived());
+    const detail::Input<T> x(X), m(memory);
     return run(x, m, "memory", options);
   }
 
@@ -121,7 +121,7 @@ class SelfAttention {
   template <class DX>
   Matrix<T> step(const Eigen::MatrixBase<DX>& X_new, KVCache<T>& cache, Index sequence = 0,
                  const Options& options = {}) const {
-    const ConstRef<T> x(X_new.derived());
+    const detail::Input<T> x(X_new);
     const char* fn = "SelfAttention::step";
     if (cache.kv_heads() != kv_heads_ || cache.head_dim() != head_dim() || cache.value_head_dim() != value_head_dim())
       detail::fail(fn, "the cache holds ", cache.kv_heads(), " heads of ", cache.head_dim(), "/", cache.value_head_dim(),
@@ -133,13 +133,21 @@ class SelfAttention {
                    " more exceed the cache's capacity ", cache.capacity());
     Options causal = options;
     causal.causal = true;
-    detail::validate_attention(fn, x.rows(), head_dim(), nk, head_dim(), nullptr, nullptr, causal);
+    detail::validate_attention<T>(fn, x.rows(), head_dim(), nk, head_dim(), nullptr, nullptr, causal);
     detail::reject_batched_options(fn, causal);
-    // Everything is checked: from here on the call cannot fail half-way.
-    cache.append(sequence, project(x, w_.Wk, w_.bk), project(x, w_.Wv, w_.bv));
-    const Matrix<T> Q = project(x, w_.Wq, w_.bq);
-    return attend_and_project(Q, [&](Index kv) { return std::pair(cache.keys(sequence, kv), cache.values(sequence, kv)); },
-                              causal);
+    // All or nothing: if anything below throws (bad_alloc, a throwing parallel_for), the
+    // cache is rolled back to the length it had, so that a retry computes the same result.
+    const Index length = cache.length(sequence);
+    const auto X = x.map();
+    cache.append(sequence, project(X, w_.Wk, w_.bk), project(X, w_.Wv, w_.bv));
+    try {
+      const Matrix<T> Q = project(X, w_.Wq, w_.bq);
+      return attend_and_project(
+          Q, [&](Index kv) { return std::pair(cache.keys(sequence, kv), cache.values(sequence, kv)); }, causal);
+    } catch (...) {
+      cache.truncate(sequence, length);
+      throw;
+    }
   }
 
   /// Query heads (h).
@@ -156,23 +164,25 @@ class SelfAttention {
   const AttentionWeights<T>& weights() const { return w_; }
 
  private:
-  void check_input(const ConstRef<T>& x, const char* function, const char* name) const {
+  void check_input(const detail::Input<T>& x, const char* function, const char* name) const {
     if (x.cols() != w_.Wq.rows())
       detail::fail(function, name, " is ", detail::shape(x.rows(), x.cols()), " but Wq is ",
                    detail::shape(w_.Wq.rows(), w_.Wq.cols()), ": it needs d_model = ", w_.Wq.rows(), " columns");
   }
 
-  Matrix<T> run(const ConstRef<T>& x, const ConstRef<T>& source, const char* source_name, const Options& options) const {
+  Matrix<T> run(const detail::Input<T>& x, const detail::Input<T>& source, const char* source_name,
+                const Options& options) const {
     check_input(x, "SelfAttention::forward", "X");
     if (source.cols() != w_.Wk.rows())
       detail::fail("SelfAttention::forward", source_name, " is ", detail::shape(source.rows(), source.cols()),
                    " but Wk is ", detail::shape(w_.Wk.rows(), w_.Wk.cols()), ": keys and values need ", w_.Wk.rows(),
                    " columns");
     // Per-head shapes and options are checked before any projection is computed.
-    detail::validate_attention("SelfAttention::forward", x.rows(), head_dim(), source.rows(), head_dim(), nullptr,
+    detail::validate_attention<T>("SelfAttention::forward", x.rows(), head_dim(), source.rows(), head_dim(), nullptr,
                                nullptr, options);
     detail::reject_batched_options("SelfAttention::forward", options);
-    const Matrix<T> Q = project(x, w_.Wq, w_.bq), K = project(source, w_.Wk, w_.bk), V = project(source, w_.Wv, w_.bv);
+    const Matrix<T> Q = project(x.map(), w_.Wq, w_.bq), K = project(source.map(), w_.Wk, w_.bk),
+                    V = project(source.map(), w_.Wv, w_.bv);
     const MatrixView<const T> k(K), v(V);
     return attend_and_project(Q, [&](Index kv) {
       return std::pair(k.middle_cols(kv * head_dim(), head_dim()), v.middle_cols(kv * value_head_dim(), value_head_dim()));

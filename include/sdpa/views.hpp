@@ -112,9 +112,9 @@ struct TensorView {
   }
   /// True when the view has no data (default-constructed).
   bool empty() const { return data == nullptr; }
-  /// One head of one sequence: tokens x features.
+  /// One head of one sequence: tokens x features (no data when the view has none).
   MatrixView<T> head(Index b, Index h) const {
-    return {data + b * batch_stride + h * head_stride, tokens, features, token_stride};
+    return {data ? data + b * batch_stride + h * head_stride : nullptr, tokens, features, token_stride};
   }
 };
 

@@ -79,9 +79,12 @@ class MaskPolicy {
         if (!mask(mi, j0 + c)) scores[c] = kMinusInf;
     }
     const Bias& bias = masks_.bias;
-    if (!bias.empty()) {
+    if (!bias.empty()) {  // -inf forbids the pair whatever its score (NaN and Inf included)
       const Index bi = bias.rows() == 1 ? 0 : i;
-      for (Index c = 0; c < visible; ++c) scores[c] += bias_factor_ * T(bias(bi, j0 + c));
+      for (Index c = 0; c < visible; ++c) {
+        const T b = T(bias(bi, j0 + c));
+        scores[c] = b == kMinusInf ? kMinusInf : scores[c] + bias_factor_ * b;
+      }
     }
   }
 

@@ -16,7 +16,10 @@
 SDPA_BEGIN_NAMESPACE
 namespace detail {
 
-enum class Slot { QueryTile, Scores, Accumulator, RowStats, Rescale, Packed, ChunkPacked, Partials };
+enum class Slot {
+  QueryTile, Scores, Accumulator, RowStats, Rescale, TotalAccumulator, RowTotals, ReferenceRow, Packed, ChunkPacked,
+  Partials
+};
 
 /// Cache-line (and zmm) aligned storage from C++17's aligned new: the same allocation and
 /// release whatever the build's flags (Eigen's aligned_allocator changes with its

@@ -7,6 +7,7 @@
 #include "../config.hpp"
 #include "../options.hpp"
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -27,19 +28,34 @@ template <class... Parts>
   throw std::invalid_argument(message.str());
 }
 
-/// The scale the call uses: options.scale or 1/sqrt(d_k).
-inline double resolve_scale(const char* function, const Options& options, Index head_dim) {
+/// The most threads a call takes (Options::threads): more would only oversubscribe the
+/// machine, and OpenMP runtimes end the process when they cannot start the threads asked for.
+inline constexpr int kMaxThreads = 1024;
+
+/// The scale the call uses: options.scale or 1/sqrt(d_k). It must be positive and finite in
+/// the element type T too (the kernels multiply by it, and by scale log2(e), in T).
+template <class T>
+double resolve_scale(const char* function, const Options& options, Index head_dim) {
   if (!options.scale) return 1.0 / std::sqrt(double(head_dim));
   const double scale = *options.scale;
+  constexpr double kLog2e = 1.442695040888963407359924681001892137;
   if (!(scale > 0.0) || !std::isfinite(scale))
     fail(function, "options.scale is ", scale, ": it must be positive and finite");
+  const T in_type = T(scale), base2 = T(scale * kLog2e);
+  if (!(in_type > T(0)) || !std::isfinite(double(in_type)) || !std::isfinite(double(base2)))
+    fail(function, "options.scale is ", scale, ": it must be positive and finite as a ", sizeof(T) * 8,
+         "-bit float too (it is ", double(in_type), " there)");
   return scale;
 }
 
 /// Shapes of Q (nq x dk), K (nk x dk_k) and, when present, V (nv x dv), and every option.
-inline void validate_attention(const char* function, Index nq, Index dq, Index nk, Index dk, const Index* v_rows,
-                               const Index* v_cols, const Options& options) {
+template <class T>
+void validate_attention(const char* function, Index nq, Index dq, Index nk, Index dk, const Index* v_rows,
+                        const Index* v_cols, const Options& options) {
   const std::string q = shape(nq, dq), k = shape(nk, dk);
+  if (nq < 0 || dq < 0 || nk < 0 || dk < 0 || (v_rows && (*v_rows < 0 || *v_cols < 0)))
+    fail(function, "Q is ", q, ", K is ", k, (v_rows ? ", V is " + shape(*v_rows, *v_cols) : std::string()),
+         ": sizes must not be negative");
   if (dq != dk) fail(function, "Q is ", q, " and K is ", k, ": their head dims (", dq, " and ", dk, ") must match");
   if (dq == 0) fail(function, "Q is ", q, " and K is ", k, ": the head dim d_k must not be 0");
   if (v_rows) {
@@ -47,7 +63,7 @@ inline void validate_attention(const char* function, Index nq, Index dq, Index n
     if (*v_rows != nk) fail(function, "K is ", k, " and V is ", v, ": they need the same number of rows (keys)");
     if (*v_cols == 0) fail(function, "V is ", v, ": the value head dim d_v must not be 0");
   }
-  resolve_scale(function, options, dq);
+  resolve_scale<T>(function, options, dq);
 
   const std::string scores = shape(nq, nk);
   const auto check_mask_shape = [&](const char* name, Index rows, Index cols) {
@@ -71,7 +87,8 @@ inline void validate_attention(const char* function, Index nq, Index dq, Index n
   if (options.blocks.query_rows < 0 || options.blocks.key_rows < 0)
     fail(function, "options.blocks is ", options.blocks.query_rows, "x", options.blocks.key_rows,
          ": block sizes must be positive, or 0 for automatic");
-  if (options.threads < 0) fail(function, "options.threads is ", options.threads, ": it must be >= 0 (0 = automatic)");
+  if (options.threads < 0 || options.threads > kMaxThreads)
+    fail(function, "options.threads is ", options.threads, ": it must lie in [0, ", kMaxThreads, "] (0 = automatic)");
 }
 
 /// A 2-D call (one head) cannot honour the batched masks, which are indexed by sequence and
@@ -92,9 +109,14 @@ inline void reject_batched_options(const char* function, const Options& options)
 template <class A, class B>
 bool overlaps(const MatrixView<A>& a, const MatrixView<B>& b) {
   if (a.rows == 0 || a.cols == 0 || b.rows == 0 || b.cols == 0) return false;
-  const auto first = [](const auto& v) { return reinterpret_cast<std::uintptr_t>(v.data); };
+  // The lowest and highest addresses a view touches, whatever the signs of its strides.
+  const auto first = [](const auto& v) {
+    return reinterpret_cast<std::uintptr_t>(v.data + std::min<Index>(0, (v.rows - 1) * v.row_stride) +
+                                            std::min<Index>(0, (v.cols - 1) * v.col_stride));
+  };
   const auto last = [](const auto& v) {
-    return reinterpret_cast<std::uintptr_t>(v.data + (v.rows - 1) * v.row_stride + (v.cols - 1) * v.col_stride);
+    return reinterpret_cast<std::uintptr_t>(v.data + std::max<Index>(0, (v.rows - 1) * v.row_stride) +
+                                            std::max<Index>(0, (v.cols - 1) * v.col_stride));
   };
   if (last(a) < first(b) || last(b) < first(a)) return false;
   const Index stride = a.row_stride;
@@ -107,17 +129,28 @@ bool overlaps(const MatrixView<A>& a, const MatrixView<B>& b) {
   return !(r >= a.cols && r + b.cols <= stride);
 }
 
-/// The output must have the result's shape and must not share memory with an input that
-/// is still being read while it is written.
+/// The output must have the result's shape and must touch no input: not Q, K, V, a mask or
+/// a bias (all still being read while it is written), nor the LSE output.
 template <class T>
 void validate_output(const char* function, const MatrixView<T>& out, Index nq, Index dv,
-                     std::initializer_list<std::pair<const char*, MatrixView<const T>>> inputs) {
+                     std::initializer_list<std::pair<const char*, MatrixView<const T>>> inputs, const Options& options,
+                     const T* lse = nullptr) {
   if (out.rows != nq || out.cols != dv)
     fail(function, "out is ", shape(out.rows, out.cols), " but the result is ", shape(nq, dv), " (Nq x d_v)");
-  for (const auto& [name, input] : inputs)
+  const MatrixView<const T> lse_view(lse, lse ? nq : 0, 1, 1);
+  const auto check = [&](const char* name, const auto& input) {
     if (overlaps(MatrixView<const T>(out), input))
       fail(function, "out (", shape(out.rows, out.cols), ") overlaps ", name, " (", shape(input.rows, input.cols),
            "): results would overwrite inputs still being read");
+    if (lse && overlaps(lse_view, input))
+      fail(function, "lse (", nq, " entries) overlaps ", name, " (", shape(input.rows, input.cols),
+           "): results would overwrite inputs still being read");
+  };
+  for (const auto& [name, input] : inputs) check(name, input);
+  if (!options.mask.empty()) check("options.mask", options.mask);
+  if (!options.bias.f32.empty()) check("options.bias", options.bias.f32);
+  if (!options.bias.f64.empty()) check("options.bias", options.bias.f64);
+  if (lse && overlaps(lse_view, MatrixView<const T>(out))) fail(function, "lse and out overlap");
 }
 
 }  // namespace detail

@@ -31,8 +31,8 @@ void batched_tiled(const TensorView<const T>& q, const TensorView<const T>& k, c
   heads.reserve(std::size_t(q.batch * q.heads));
   for (Index b = 0; b < q.batch; ++b)
     for (Index h = 0; h < q.heads; ++h)
-      heads.emplace_back(q.head(b, h), out.head(b, h), nullptr, scale, detail::head_masks(options, b, h), k.tokens,
-                         micros[std::size_t(b * k.heads + h / group)], blocks);
+      heads.emplace_back(q.head(b, h), k.head(b, h / group), v.head(b, h / group), out.head(b, h), nullptr, scale,
+                         detail::head_masks(options, b, h), micros[std::size_t(b * k.heads + h / group)], blocks);
   const Index tiles = heads.front().tiles();
   detail::parallel_for(Index(heads.size()) * tiles, options, [&](Index first, Index end) {
     for (Index item = first; item < end; ++item) heads[std::size_t(item / tiles)].run_tile(item % tiles);

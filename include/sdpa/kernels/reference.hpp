@@ -33,15 +33,58 @@ auto row(const MatrixView<T>& view, Index i) {
 constexpr Index kRowsPerTask = 16;  // rows one thread takes at a time
 }  // namespace reference_detail
 
-/// Passes 1 and 2 for query row i: s_j = scale q_i . k_j, then -inf where masked, + bias.
+/// Passes 1 and 2 for query row i: s_j = (scale q_i) . k_j, then -inf where masked, + bias.
+/// (The query is scaled before the dot product, as in the tiled paths, so that a product
+/// that fits the type after scaling never overflows before it.)
 template <class T>
 void reference_scores(MatrixView<const T> q, MatrixView<const T> k, Index i, double scale,
                       const detail::MaskPolicy<T>& mask, T* s) {
   using reference_detail::row;
-  // pass 1: the query against every key, s_j = scale q_i . k_j
-  for (Index j = 0; j < k.rows; ++j) s[j] = T(scale) * row(q, i).dot(row(k, j));
+  // pass 1: the query against every key it may see, s_j = (scale q_i) . k_j
+  const Index end = mask.key_end(i);
+  for (Index j = 0; j < end; ++j) s[j] = (T(scale) * row(q, i)).dot(row(k, j));
   // pass 2: masks: forbidden pairs become -inf, the bias is added
   mask.apply(i, 0, k.rows, s);
+}
+
+/// Passes 1 to 5 for query row i: its weights p (k.rows entries, all 0 when it sees no key)
+/// and, when `lse` is not null, its log-sum-exp (-inf when it sees no key). A NaN or +inf
+/// among the scores it sees makes every weight, and the LSE, NaN.
+template <class T>
+void reference_row_weights(MatrixView<const T> q, MatrixView<const T> k, Index i, double scale,
+                           const detail::MaskPolicy<T>& mask, T* p, T* lse) {
+  const Index nk = k.rows;
+  reference_scores(q, k, i, scale, mask, p);  // passes 1 and 2
+  // pass 3: the row's max, subtracted so that exp cannot overflow (softmax is shift-invariant);
+  // NaN wins, so that a NaN score cannot pass for a masked one
+  T row_max = -std::numeric_limits<T>::infinity();
+  for (Index j = 0; j < nk; ++j)
+    if (p[j] > row_max || std::isnan(p[j])) row_max = p[j];
+  if (row_max == -std::numeric_limits<T>::infinity()) {  // nothing visible: weights 0
+    std::fill(p, p + nk, T(0));
+    if (lse) *lse = row_max;
+    return;
+  }
+  // pass 4: exponentiate and sum (a +inf max gives exp(inf - inf) = NaN)
+  T sum = T(0);
+  for (Index j = 0; j < nk; ++j) {
+    p[j] = std::exp(p[j] - row_max);
+    sum += p[j];
+  }
+  // pass 5: normalise, so that the row sums to 1
+  for (Index j = 0; j < nk; ++j) p[j] /= sum;
+  if (lse) *lse = row_max + std::log(sum);
+}
+
+/// Pass 6 for one row: out = sum_j p_j v_j over the keys of nonzero weight. A key of weight 0
+/// (masked, or too unlikely for exp to represent) adds nothing, whatever V holds there.
+template <class T>
+void reference_blend(const T* p, MatrixView<const T> v, T* out) {
+  using reference_detail::row;
+  auto o = Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(out, v.cols);
+  o.setZero();
+  for (Index j = 0; j < v.rows; ++j)
+    if (p[j] != T(0)) o += p[j] * row(v, j);
 }
 
 /// P = softmax(scale Q K^T + mask), row by row; a row with no visible key is all zeros.
@@ -49,31 +92,11 @@ void reference_scores(MatrixView<const T> q, MatrixView<const T> k, Index i, dou
 template <class T>
 void reference_weights(MatrixView<const T> q, MatrixView<const T> k, double scale, const detail::HeadMasks& masks,
                        const Options& options, MatrixView<T> weights, T* lse = nullptr) {
-  const Index nq = q.rows, nk = k.rows;
-  const detail::MaskPolicy<T> mask(masks, nq, nk, T(1));
-  const Index tasks = (nq + reference_detail::kRowsPerTask - 1) / reference_detail::kRowsPerTask;
+  const detail::MaskPolicy<T> mask(masks, q.rows, k.rows, T(1));
+  const Index tasks = (q.rows + reference_detail::kRowsPerTask - 1) / reference_detail::kRowsPerTask;
   detail::parallel_for(tasks, options, [&](Index first, Index end) {
-    for (Index i = first * reference_detail::kRowsPerTask; i < std::min(nq, end * reference_detail::kRowsPerTask); ++i) {
-      T* s = weights.row(i);
-      reference_scores(q, k, i, scale, mask, s);  // passes 1 and 2
-      // pass 3: the row's max, subtracted so that exp cannot overflow (softmax is shift-invariant)
-      T row_max = -std::numeric_limits<T>::infinity();
-      for (Index j = 0; j < nk; ++j) row_max = std::max(row_max, s[j]);
-      if (row_max == -std::numeric_limits<T>::infinity()) {  // nothing visible: weights 0
-        std::fill(s, s + nk, T(0));
-        if (lse) lse[i] = row_max;
-        continue;
-      }
-      // pass 4: exponentiate and sum
-      T sum = T(0);
-      for (Index j = 0; j < nk; ++j) {
-        s[j] = std::exp(s[j] - row_max);
-        sum += s[j];
-      }
-      // pass 5: normalise, so that the row sums to 1
-      for (Index j = 0; j < nk; ++j) s[j] /= sum;
-      if (lse) lse[i] = row_max + std::log(sum);
-    }
+    for (Index i = first * reference_detail::kRowsPerTask; i < std::min(q.rows, end * reference_detail::kRowsPerTask); ++i)
+      reference_row_weights(q, k, i, scale, mask, weights.row(i), lse ? lse + i : nullptr);
   });
 }
 
@@ -81,19 +104,14 @@ void reference_weights(MatrixView<const T> q, MatrixView<const T> k, double scal
 template <class T>
 void reference_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out,
                          double scale, const detail::HeadMasks& masks, const Options& options, T* lse = nullptr) {
-  using reference_detail::row;
   Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> P(q.rows, k.rows);
   const MatrixView<T> weights(P.data(), P.rows(), P.cols(), P.cols());
   reference_weights(q, k, scale, masks, options, weights, lse);
   // pass 6: each output row is its weights' blend of the value rows
   const Index tasks = (q.rows + reference_detail::kRowsPerTask - 1) / reference_detail::kRowsPerTask;
   detail::parallel_for(tasks, options, [&](Index first, Index end) {
-    for (Index i = first * reference_detail::kRowsPerTask; i < std::min(q.rows, end * reference_detail::kRowsPerTask); ++i) {
-      auto o = row(out, i);
-      o.setZero();
-      if ((P.row(i).array() == T(0)).all()) continue;  // fully masked: exactly 0, even if V holds Inf
-      for (Index j = 0; j < k.rows; ++j) o += P(i, j) * row(v, j);
-    }
+    for (Index i = first * reference_detail::kRowsPerTask; i < std::min(q.rows, end * reference_detail::kRowsPerTask); ++i)
+      reference_blend(weights.row(i), v, out.row(i));
   });
 }
 

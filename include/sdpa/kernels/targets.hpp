@@ -20,6 +20,7 @@
 #include "../simd/scalar.hpp"
 #include "block_config.hpp"
 #include "merge.hpp"
+#include "reference.hpp"
 
 #include <algorithm>
 #include <cmath>

@@ -35,24 +35,33 @@ class TiledHead {
  public:
   using V = typename Micro::Vec;
   static constexpr T kLog2e = T(1.442695040888963407359924681001892137L);
+  /// Keys folded into one partial sum before it joins the row's total (rounded to whole key
+  /// tiles): a float sum of 2^24 ones stops growing, so without this a row of 2^25 equal keys
+  /// came out at half its value. In chunks, no sum has more than ~4096 terms added to it until
+  /// Nk reaches 2^36 keys.
+  static constexpr Index kChunkKeys = 4096;
 
   /// `lse`, when not null, receives each row's natural log-sum-exp of its scaled, biased
   /// scores (-inf for a fully masked row).
-  TiledHead(MatrixView<const T> q, MatrixView<T> out, T* lse, double scale, const detail::HeadMasks& masks, Index nk,
-            const Micro& micro, const BlockConfig& blocks)
-      : q_(q), out_(out), lse_(lse), nk_(nk), micro_(micro), blocks_(blocks), mask_(masks, q.rows, nk, kLog2e),
+  TiledHead(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out, T* lse,
+            double scale, const detail::HeadMasks& masks, const Micro& micro, const BlockConfig& blocks)
+      : q_(q), k_(k), v_(v), out_(out), lse_(lse), nk_(k.rows), scale_(scale), micro_(micro), blocks_(blocks),
+        mask_(masks, q.rows, k.rows, kLog2e), natural_mask_(masks, q.rows, k.rows, T(1)),
         query_scale_(T(scale * double(kLog2e))), score_ld_(round_up(blocks.key_rows, Micro::key_multiple)),
-        acc_ld_(micro.accumulator_cols()) {}
+        acc_ld_(micro.accumulator_cols()),
+        chunk_keys_(std::max<Index>(1, kChunkKeys / blocks.key_rows) * blocks.key_rows) {}
 
   Index tiles() const { return (q_.rows + blocks_.query_rows - 1) / blocks_.query_rows; }
 
   void run_tile(Index tile) const {
-    const Index bq = blocks_.query_rows, dk = q_.cols, dv = out_.cols, nq = q_.rows;
+    const Index bq = blocks_.query_rows, dk = q_.cols, nq = q_.rows;
     T* q_tile = detail::thread_scratch<T, detail::Slot::QueryTile>(bq * dk);     // (Bq, d_k)
     T* s = detail::thread_scratch<T, detail::Slot::Scores>(bq * score_ld_);       // (Bq, Bk padded)
     T* acc = detail::thread_scratch<T, detail::Slot::Accumulator>(bq * acc_ld_);  // (Bq, d_v padded)
     auto* rows = detail::thread_scratch<OnlineSoftmaxRow<V>, detail::Slot::RowStats>(bq);
     T* rescale = detail::thread_scratch<T, detail::Slot::Rescale>(bq);  // per row, this key tile
+    Totals totals{detail::thread_scratch<T, detail::Slot::TotalAccumulator>(bq * acc_ld_),
+                  detail::thread_scratch<RowTotal, detail::Slot::RowTotals>(bq), false};
 
     // prologue: this tile's queries, scaled, and a clean softmax state
     const Index i0 = tile * bq, n_rows = std::min(bq, nq - i0);
@@ -67,6 +76,7 @@ class TiledHead {
     }
 
     for (Index j0 = 0; j0 < keys_end; j0 += blocks_.key_rows) {
+      if (j0 > 0 && j0 % chunk_keys_ == 0) fold_chunk(n_rows, acc, rows, totals);
       const Index n_keys = std::min(blocks_.key_rows, nk_ - j0);
       const bool masked = j0 + n_keys > keys_unmasked || mask_.elementwise();
       if (masked || !micro_.fused_softmax(q_tile, n_rows, j0, n_keys, s, score_ld_, rows, rescale)) {
@@ -80,29 +90,83 @@ class TiledHead {
       }
       micro_.accumulate(s, n_rows, score_ld_, j0, n_keys, rescale, acc);
     }
+    if (totals.used) fold_chunk(n_rows, acc, rows, totals);
 
     // epilogue: normalise once
     for (Index r = 0; r < n_rows; ++r) {
-      const T normaliser = rows[r].normaliser();
-      T* out_row = out_.row(i0 + r);
-      if (normaliser == T(0))  // fully masked: exactly 0, even if a value the tile read holds Inf
-        std::fill(out_row, out_row + dv, T(0));
-      else
-        for (Index c = 0; c < dv; ++c) out_row[c] = acc[r * acc_ld_ + c] * normaliser;
-      if (lse_) lse_[i0 + r] = rows[r].log2_sum() / kLog2e;
+      const RowTotal total = totals.used ? totals.rows[r] : RowTotal{rows[r].running_max, reduce_add(rows[r].running_sum)};
+      finish_row(i0 + r, total, (totals.used ? totals.acc : acc) + r * acc_ld_);
     }
   }
 
  private:
-  MatrixView<const T> q_;
+  /// A row's softmax state in scalars: its max (base 2) and the sum of 2^(s - max).
+  struct RowTotal {
+    T max;
+    T sum;
+  };
+  /// What the chunks of a query tile have added up to so far.
+  struct Totals {
+    T* acc;          // (Bq, acc_ld)
+    RowTotal* rows;  // Bq
+    bool used;
+  };
+
+  /// Adds the chunk just finished (acc, rows) into the totals with the log-sum-exp rule, then
+  /// starts the next chunk afresh.
+  void fold_chunk(Index n_rows, T* acc, OnlineSoftmaxRow<V>* rows, Totals& totals) const {
+    constexpr T kMinusInf = -std::numeric_limits<T>::infinity();
+    for (Index r = 0; r < n_rows; ++r) {
+      RowTotal& total = totals.rows[r];
+      T* total_acc = totals.acc + r * acc_ld_;
+      T* chunk_acc = acc + r * acc_ld_;
+      if (!totals.used) total = {kMinusInf, T(0)}, std::fill(total_acc, total_acc + acc_ld_, T(0));
+      const T chunk_max = rows[r].running_max, chunk_sum = reduce_add(rows[r].running_sum);
+      const T max = std::max(total.max, chunk_max);
+      if (max != kMinusInf) {  // NaN or a visible key: fold (NaN stays NaN and is redone below)
+        const T a = std::exp2(total.max - max), b = std::exp2(chunk_max - max);
+        for (Index c = 0; c < acc_ld_; ++c) total_acc[c] = a * total_acc[c] + b * chunk_acc[c];
+        total = {max, a * total.sum + b * chunk_sum};
+      }
+      rows[r] = {};
+      std::fill(chunk_acc, chunk_acc + acc_ld_, T(0));
+    }
+    totals.used = true;
+  }
+
+  /// out_i = acc / sum, and the LSE. A row whose result is not a finite, positive-sum one
+  /// (no visible key, a NaN or Inf score, a value that overflowed the accumulator) is
+  /// computed again by the reference path, whose rules for those cases every path follows
+  /// (README, "NaN, Inf and out-of-range input"): this costs nothing on ordinary rows.
+  void finish_row(Index i, RowTotal total, const T* row_acc) const {
+    T* out_row = out_.row(i);
+    const T normaliser = T(1) / total.sum;
+    bool finite = total.sum > T(0) && std::isfinite(normaliser);
+    for (Index c = 0; c < out_.cols && finite; ++c) {
+      out_row[c] = row_acc[c] * normaliser;
+      finite = std::isfinite(out_row[c]);
+    }
+    if (finite) {
+      if (lse_) lse_[i] = (total.max + std::log2(total.sum)) / kLog2e;
+      return;
+    }
+    T* p = detail::thread_scratch<T, detail::Slot::ReferenceRow>(nk_);
+    T lse;
+    reference_row_weights(q_, k_, i, scale_, natural_mask_, p, &lse);
+    reference_blend(p, v_, out_row);
+    if (lse_) lse_[i] = lse;
+  }
+
+  MatrixView<const T> q_, k_, v_;
   MatrixView<T> out_;
   T* lse_;
   Index nk_;
+  double scale_;
   const Micro& micro_;
   BlockConfig blocks_;
-  detail::MaskPolicy<T> mask_;
+  detail::MaskPolicy<T> mask_, natural_mask_;
   T query_scale_;
-  Index score_ld_, acc_ld_;
+  Index score_ld_, acc_ld_, chunk_keys_;
 };
 
 /// One head: out = softmax(scale Q K^T + masks) V, and each row's LSE when `lse` is not null.
@@ -118,7 +182,7 @@ void tiled_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<co
     const detail::ScratchLease<T, detail::Slot::Packed> packed(Micro::packed_size(k, v, blocks));
     const Micro micro(k, v, blocks, packed.data());
     detail::parallel_for(micro.pack_tiles(k), options, [&](Index first, Index end) { micro.pack(k, v, first, end); });
-    const TiledHead<Micro, T> head(q, out, lse, scale, masks, nk, micro, blocks);
+    const TiledHead<Micro, T> head(q, k, v, out, lse, scale, masks, micro, blocks);
     detail::parallel_for(head.tiles(), options, [&](Index first, Index end) {
       for (Index tile = first; tile < end; ++tile) head.run_tile(tile);
     });
@@ -151,7 +215,8 @@ void tiled_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<co
       const Micro micro(k_piece, v_piece, blocks, packed);
       micro.pack(k_piece, v_piece, 0, micro.pack_tiles(k_piece));
       const MatrixView<T> piece_out(partial_out + piece * nq * dv, nq, dv, dv);
-      const TiledHead<Micro, T> head(q, piece_out, partial_lse + piece * nq, scale, piece_masks, n, micro, blocks);
+      const TiledHead<Micro, T> head(q, k_piece, v_piece, piece_out, partial_lse + piece * nq, scale, piece_masks, micro,
+                                     blocks);
       head.run_tile(tile);
     }
   });
@@ -164,5 +229,15 @@ void tiled_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<co
   for (Index piece = 1; piece < pieces; ++piece)
     merge_partial(out, lse_out, MatrixView<const T>(partial_out + piece * nq * dv, nq, dv, dv),
                   partial_lse + piece * nq);
+  // As in TiledHead::finish_row: a row that came out non-finite is redone by the reference,
+  // over all its keys at once (a piece cannot tell that a NaN value it saw has weight 0 in
+  // the whole row).
+  for (Index i = 0; i < nq; ++i) {
+    T* row = out.row(i);
+    if (std::all_of(row, row + dv, [](T x) { return std::isfinite(x); })) continue;
+    T* p = detail::thread_scratch<T, detail::Slot::ReferenceRow>(nk);
+    reference_row_weights(q, k, i, scale, full, p, lse_out + i);
+    reference_blend(p, v, row);
+  }
 }
 
