@@ -41,8 +41,9 @@ void reference_scores(MatrixView<const T> q, MatrixView<const T> k, Index i, dou
                       const detail::MaskPolicy<T>& mask, T* s) {
   using reference_detail::row;
   // pass 1: the query against every key it may see, s_j = (scale q_i) . k_j
+  const Eigen::Matrix<T, 1, Eigen::Dynamic> scaled_query = T(scale) * row(q, i);
   const Index end = mask.key_end(i);
-  for (Index j = 0; j < end; ++j) s[j] = (T(scale) * row(q, i)).dot(row(k, j));
+  for (Index j = 0; j < end; ++j) s[j] = scaled_query.dot(row(k, j));
   // pass 2: masks: forbidden pairs become -inf, the bias is added
   mask.apply(i, 0, k.rows, s);
 }
