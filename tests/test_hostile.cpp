@@ -150,6 +150,10 @@ TEST_CASE("SelfAttention::step changes nothing when it fails, so a retry gives t
   CHECK_THROWS_AS(layer.step(token, cache, 0, failing), std::runtime_error);
   CHECK(cache.length(0) == 6);
   CHECK(layer.step(token, cache) == layer.step(token, clean));
+  // A step of no tokens: an empty result, an unchanged cache (and no pointer arithmetic on
+  // the null data of an empty matrix, which UBSan reported).
+  CHECK(layer.step(Matrix<float>(0, 16), cache).rows() == 0);
+  CHECK(cache.length(0) == 7);
 }
 
 TEST_CASE("attention_weights_from_lse: a row range that would overflow", "[hostile]") {
@@ -274,7 +278,7 @@ TEST_CASE("scores at the edge of the float range: every path gives the same answ
   CHECK(out.allFinite());
 }
 
-TEST_CASE("a row of 2^25 keys keeps its precision on the tiled paths", "[hostile][long]") {
+TEST_CASE("a row of 2^25 keys keeps its precision on the tiled paths", "[long]") {
   const Index nk = Index(1) << 25;
   const Matrix<float> Q = Matrix<float>::Ones(8, 1), K = Matrix<float>::Ones(nk, 1), V = Matrix<float>::Ones(nk, 1);
   // Blocked only: Simd runs the same loop (TiledHead), but at d_v = 1 it would copy V padded
@@ -284,4 +288,50 @@ TEST_CASE("a row of 2^25 keys keeps its precision on the tiled paths", "[hostile
   options.blocks.query_rows = 2;  // 4 query tiles: one pass over the keys each, no key split
   const Matrix<float> out = sdpa::attention(Q, K, V, options);
   CHECK((out.array() - 1.0f).abs().maxCoeff() <= 1e-6f);  // was 0.5: a float sum stops at 2^24
+}
+
+// Found by the fuzzer (tests/fuzz) once the cases above were fixed.
+
+TEST_CASE("a bias at a pair the boolean mask forbids is never looked at", "[hostile]") {
+  const Matrix<float> Q = Matrix<float>::Ones(2, 2), K = Matrix<float>::Ones(2, 2);
+  Matrix<float> V(2, 1);
+  V << 5.0f, 7.0f;
+  Matrix<bool> mask(1, 2);
+  mask << true, false;
+  for (const float bad : {kNaN, kInf}) {
+    Matrix<float> bias(1, 2);
+    bias << 0.0f, bad;
+    sdpa::Options options;
+    options.mask = mask;
+    options.bias = bias;
+    require_paths_agree(Q, K, V, options);
+    CHECK((sdpa::attention(Q, K, V, options).array() == 5.0f).all());  // was NaN: -inf + NaN
+  }
+}
+
+TEST_CASE("batched calls with no keys or no queries are valid", "[hostile]") {
+  std::vector<float> q(2 * 3 * 4, 1.0f), out(2 * 3 * 4, 42.0f);
+  const bool mask_storage[1] = {true};
+  const auto qv = sdpa::TensorView<const float>::bhnd(q.data(), 1, 2, 3, 4);
+  const auto none = sdpa::TensorView<const float>::bhnd(q.data(), 1, 2, 0, 4);
+  sdpa::Options options;
+  options.batch_mask = sdpa::TensorView<const bool>::bhnd(mask_storage, 1, 2, 3, 0);  // [1, H, Nq, Nk = 0]
+  sdpa::attention(qv, none, none, sdpa::TensorView<float>::bhnd(out.data(), 1, 2, 3, 4), options);
+  CHECK(std::all_of(out.begin(), out.end(), [](float x) { return x == 0.0f; }));  // was "too large to address"
+  const float bias_storage[3] = {0, 0, 0};
+  sdpa::Options with_bias;
+  with_bias.batch_bias = sdpa::TensorView<const float>::bhnd(bias_storage, 1, 1, 1, 3);
+  sdpa::attention(none, qv, qv, sdpa::TensorView<float>::bhnd(out.data(), 1, 2, 0, 4), with_bias);  // was "overlaps"
+}
+
+TEST_CASE("SelfAttention::random refuses a negative width", "[hostile]") {
+  REQUIRE_INVALID((void)sdpa::SelfAttention<float>::random(-4, 2, 1), "d_model -4");  // was an Eigen assertion
+}
+
+TEST_CASE("an output may not overlap an input that is read through a copy", "[hostile]") {
+  Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::ColMajor> V = Eigen::MatrixXf::Ones(4, 2);
+  const Matrix<float> Q = Matrix<float>::Ones(3, 2), K = Matrix<float>::Ones(4, 2);
+  // V is column-major, so the kernels read a row-major copy; out still must not write into V.
+  REQUIRE_INVALID(sdpa::attention_into(Q, K, V, Map(V.data(), 3, 2, Eigen::OuterStride<>(2))), "overlaps V");
+  CHECK((V.array() == 1.0f).all());
 }

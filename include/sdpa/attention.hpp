@@ -63,13 +63,19 @@ void dispatch(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> 
 
 /// Validates everything, then runs the chosen kernel. Nothing is written before validation
 /// has passed. All 2-D entry points (and SelfAttention, head by head) come through here.
+/// `sources`, when given, are the caller's Q, K, V (which the views may be copies of).
 template <class T>
 void run_attention(const char* function, MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v,
-                   MatrixView<T> out, const Options& options, T* lse = nullptr) {
+                   MatrixView<T> out, const Options& options, T* lse = nullptr,
+                   const Input<T>* const* sources = nullptr) {
   sdpa::isa();  // first of all, the CPU check (isa.hpp): before code built for the wider ISA runs
   validate_attention<T>(function, q.rows, q.cols, k.rows, k.cols, &v.rows, &v.cols, options);
   reject_batched_options(function, options);
   validate_output(function, out, q.rows, v.cols, {{"Q", q}, {"K", k}, {"V", v}}, options, lse);
+  if (sources)
+    validate_output(function, out, q.rows, v.cols,
+                    {{"Q", sources[0]->source()}, {"K", sources[1]->source()}, {"V", sources[2]->source()}}, options,
+                    lse);
   dispatch(q, k, v, out, lse, resolve_scale<T>(function, options, q.cols), HeadMasks::of(options), options);
 }
 
@@ -94,8 +100,9 @@ void attention_into(const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>&
                     DO&& out, const Options& options = {}) {
   using T = typename DQ::Scalar;
   const detail::Input<T> q(Q), k(K), v(V);
+  const detail::Input<T>* sources[] = {&q, &k, &v};
   detail::run_attention<T>("attention_into", q.view(), k.view(), v.view(),
-                           detail::output_view<T>("attention_into", "out", out), options);
+                           detail::output_view<T>("attention_into", "out", out), options, nullptr, sources);
 }
 
 /// A dynamic-size Eigen column vector: the per-row log-sum-exps (`lse`) of attention_into(),
@@ -115,8 +122,9 @@ void attention_into(const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>&
   if (lse.size() != q.rows())
     detail::fail("attention_into", "lse has ", lse.size(), " entries but Q is ", detail::shape(q.rows(), q.cols()),
                  ": it needs one per query row");
+  const detail::Input<T>* sources[] = {&q, &k, &v};
   detail::run_attention<T>("attention_into", q.view(), k.view(), v.view(),
-                           detail::output_view<T>("attention_into", "out", out), options, lse.data());
+                           detail::output_view<T>("attention_into", "out", out), options, lse.data(), sources);
 }
 
 /// Combines two attention results over disjoint key sets of the same queries into the result
@@ -139,9 +147,9 @@ void merge_attention(DO&& out, Eigen::Ref<Vector<detail::Exactly<T>>> lse, const
                  detail::shape(b.rows(), b.cols()), " with ", lse_b.size(),
                  ": both parts need the same shape and one LSE per row");
   const MatrixView<const T> lse_view(lse.data(), lse.size(), 1, 1), lse_b_view(lse_b.data(), lse_b.size(), 1, 1);
-  if (detail::overlaps(MatrixView<const T>(o), b.view()) || detail::overlaps(MatrixView<const T>(o), lse_view) ||
-      detail::overlaps(MatrixView<const T>(o), lse_b_view) || detail::overlaps(lse_view, b.view()) ||
-      detail::overlaps(lse_view, lse_b_view))
+  if (detail::overlaps(MatrixView<const T>(o), b.source()) || detail::overlaps(MatrixView<const T>(o), lse_view) ||
+      detail::overlaps(MatrixView<const T>(o), lse_b_view) ||
+      detail::overlaps(lse_view, b.source()) || detail::overlaps(lse_view, lse_b_view))
     detail::fail(fn, "out and lse must not overlap each other, out_b or lse_b");
   kernels::merge_partial(o, lse.data(), b.view(), lse_b.data());
 }

@@ -30,12 +30,16 @@ std::string shape4(const char* name, const TensorView<T>& t) {
 /// arithmetic would overflow (strides no real buffer can have).
 template <class T>
 bool span(const TensorView<T>& t, std::pair<std::uintptr_t, std::uintptr_t>& range) {
+  const auto first = reinterpret_cast<std::uintptr_t>(t.data);
+  if (t.batch == 0 || t.heads == 0 || t.tokens == 0 || t.features == 0) {  // no elements: an empty range
+    range = {first, first};
+    return true;
+  }
   Index last = t.features - 1;
   for (const auto& [size, stride] : {std::pair{t.batch, t.batch_stride}, {t.heads, t.head_stride}, {t.tokens, t.token_stride}}) {
     if (size > 1 && stride > (PTRDIFF_MAX / Index(sizeof(T)) - last) / (size - 1)) return false;
     if (size > 1) last += (size - 1) * stride;
   }
-  const auto first = reinterpret_cast<std::uintptr_t>(t.data);
   range = {first, first + std::uintptr_t(last + 1) * sizeof(T)};
   return true;
 }
@@ -120,7 +124,8 @@ void validate_batched(const TensorView<const T>& q, const TensorView<const T>& k
   std::pair<std::uintptr_t, std::uintptr_t> out_range, in_range;
   span(out, out_range);
   const auto disjoint = [&](const auto& input) {
-    return input.data == nullptr || !span(input, in_range) || in_range.second <= out_range.first ||
+    return input.data == nullptr || !span(input, in_range) || in_range.first == in_range.second ||
+           out_range.first == out_range.second || in_range.second <= out_range.first ||
            out_range.second <= in_range.first;
   };
   if (out.data) {

@@ -25,7 +25,7 @@ void project(const Input<T>& X, const Input<T>& W, const RowVector<T>& b, Matrix
          ": the bias needs one entry per output column");
   if (out.rows != X.rows() || out.cols != W.cols())
     fail(function, "out is ", shape(out.rows, out.cols), " but X W is ", shape(X.rows(), W.cols()));
-  if (overlaps(MatrixView<const T>(out), X.view()) || overlaps(MatrixView<const T>(out), W.view()) ||
+  if (overlaps(MatrixView<const T>(out), X.source()) || overlaps(MatrixView<const T>(out), W.source()) ||
       overlaps(MatrixView<const T>(out), MatrixView<const T>(b.data(), b.size() ? 1 : 0, b.size(), b.size())))
     fail(function, "out (", shape(out.rows, out.cols), ") overlaps X, W or b: the product would overwrite its inputs");
   auto Y = Eigen::Map<Matrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>(out.data, out.rows, out.cols,

@@ -71,7 +71,7 @@ class SelfAttention {
   static SelfAttention random(Index d_model, Index heads, std::uint64_t seed, bool biases = true,
                               bool output_projection = true, Index kv_heads = 0) {
     if (kv_heads == 0) kv_heads = heads;
-    if (heads < 1 || kv_heads < 1 || d_model % heads != 0)
+    if (d_model < 1 || heads < 1 || kv_heads < 1 || d_model % heads != 0)
       detail::fail("SelfAttention::random", "d_model ", d_model, " must split into ", heads, " heads (kv_heads ",
                    kv_heads, ")");
     const Index kv_width = kv_heads * (d_model / heads);

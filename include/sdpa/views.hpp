@@ -67,13 +67,13 @@ struct MatrixView {
   /// The first element of row i.
   T* row(Index i) const { return data + i * row_stride; }
 
-  /// Rows [first, first + count).
+  /// Rows [first, first + count) (no data when the view has none: an empty Eigen matrix).
   MatrixView middle_rows(Index first, Index count) const {
-    return {data + first * row_stride, count, cols, row_stride, col_stride};
+    return {data ? data + first * row_stride : nullptr, count, cols, row_stride, col_stride};
   }
   /// Columns [first, first + count): one head's slice of a projected [tokens, heads * d] matrix.
   MatrixView middle_cols(Index first, Index count) const {
-    return {data + first * col_stride, rows, count, row_stride, col_stride};
+    return {data ? data + first * col_stride : nullptr, rows, count, row_stride, col_stride};
   }
 };
 

@@ -31,6 +31,7 @@ class Input {
     static_assert(std::is_same_v<typename D::Scalar, T>, "sdpa: every matrix of a call needs the same scalar type");
     if constexpr (has_direct_access<D>) {
       const D& d = m.derived();
+      source_ = {d.data(), d.rows(), d.cols(), d.rowStride(), d.colStride()};
       if ((d.colStride() == 1 || d.cols() <= 1) && d.rowStride() >= 0) {
         view_ = {d.data(), d.rows(), d.cols(), d.rows() <= 1 ? d.cols() : d.rowStride()};
         return;
@@ -42,7 +43,11 @@ class Input {
   Input(const Input&) = delete;
   Input& operator=(const Input&) = delete;
 
+  /// What the kernels read: the argument's memory, or the copy.
   const MatrixView<const T>& view() const { return view_; }
+  /// The argument's own memory, whatever its strides (empty for an expression without
+  /// storage): what an output must not overlap, even when the kernels read a copy.
+  const MatrixView<const T>& source() const { return source_; }
   Index rows() const { return view_.rows; }
   Index cols() const { return view_.cols; }
   /// The same memory as an Eigen Map (for Eigen's products), strides included.
@@ -54,7 +59,7 @@ class Input {
 
  private:
   Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> copy_;
-  MatrixView<const T> view_;
+  MatrixView<const T> view_, source_;
 };
 
 /// True for an Eigen object a result can be written into in place: a Matrix, a Map or a

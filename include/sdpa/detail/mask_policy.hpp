@@ -73,18 +73,18 @@ class MaskPolicy {
     const Index visible = std::clamp<Index>(key_end(i) - j0, 0, n);
     std::fill(scores + visible, scores + n, kMinusInf);
     const auto& mask = masks_.mask;
-    if (!mask.empty()) {
-      const Index mi = mask.rows == 1 ? 0 : i;  // a 1 x Nk mask broadcasts over queries
-      for (Index c = 0; c < visible; ++c)
-        if (!mask(mi, j0 + c)) scores[c] = kMinusInf;
-    }
     const Bias& bias = masks_.bias;
-    if (!bias.empty()) {  // -inf forbids the pair whatever its score (NaN and Inf included)
-      const Index bi = bias.rows() == 1 ? 0 : i;
-      for (Index c = 0; c < visible; ++c) {
-        const T b = T(bias(bi, j0 + c));
-        scores[c] = b == kMinusInf ? kMinusInf : scores[c] + bias_factor_ * b;
+    if (mask.empty() && bias.empty()) return;
+    const Index mi = mask.rows == 1 ? 0 : i;  // a 1 x Nk mask or bias broadcasts over queries
+    const Index bi = bias.rows() == 1 ? 0 : i;
+    for (Index c = 0; c < visible; ++c) {
+      if (!mask.empty() && !mask(mi, j0 + c)) {  // forbidden: the bias there is never looked at
+        scores[c] = kMinusInf;
+        continue;
       }
+      if (bias.empty()) continue;
+      const T b = T(bias(bi, j0 + c));  // -inf forbids the pair whatever its score (NaN and Inf included)
+      scores[c] = b == kMinusInf ? kMinusInf : scores[c] + bias_factor_ * b;
     }
   }
 
