@@ -41,6 +41,7 @@ using ParallelFor = std::function<void(Index count, const std::function<void(Ind
 /// nor `options.mask = make_mask().topRows(3);` can dangle. Copies share what they own.
 template <class T>
 struct MatrixArg : MatrixView<const T> {
+  /// The row-major matrix a temporary is evaluated into.
   using Plain = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
 
   /// None (empty).
