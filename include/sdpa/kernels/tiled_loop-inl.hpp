@@ -75,8 +75,11 @@ class TiledHead {
       keys_unmasked = std::min(keys_unmasked, mask_.key_end(i0 + r));
     }
 
-    for (Index j0 = 0; j0 < keys_end; j0 += blocks_.key_rows) {
-      if (j0 > 0 && j0 % chunk_keys_ == 0) fold_chunk(n_rows, acc, rows, totals);
+    for (Index j0 = 0, chunk_end = chunk_keys_; j0 < keys_end; j0 += blocks_.key_rows) {
+      if (j0 == chunk_end) {  // a running bound, not j0 % chunk_keys_: no division per key tile
+        fold_chunk(n_rows, acc, rows, totals);
+        chunk_end += chunk_keys_;
+      }
       const Index n_keys = std::min(blocks_.key_rows, nk_ - j0);
       const bool masked = j0 + n_keys > keys_unmasked || mask_.elementwise();
       if (masked || !micro_.fused_softmax(q_tile, n_rows, j0, n_keys, s, score_ld_, rows, rescale)) {
