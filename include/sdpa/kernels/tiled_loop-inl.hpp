@@ -37,8 +37,8 @@ class TiledHead {
   static constexpr T kLog2e = T(1.442695040888963407359924681001892137L);
   /// Keys folded into one partial sum before it joins the row's total (rounded to whole key
   /// tiles): a float sum of 2^24 ones stops growing, so without this a row of 2^25 equal keys
-  /// came out at half its value. In chunks, no sum has more than ~4096 terms added to it until
-  /// Nk reaches 2^36 keys.
+  /// came out at half its value. A chunk's sums take at most ~4096 terms, the totals one per
+  /// chunk: a total stops absorbing a chunk of equal keys only past 2^36 keys.
   static constexpr Index kChunkKeys = 4096;
 
   /// `lse`, when not null, receives each row's natural log-sum-exp of its scaled, biased
