@@ -10,6 +10,7 @@
 #include "kernels/reference.hpp"
 #include "kernels/targets.hpp"
 #include "options.hpp"
+#include "storage.hpp"
 
 #include <Eigen/Core>
 
@@ -31,10 +32,11 @@ namespace detail {
 /// gives 20.9 GFLOP/s against 16.5; up to kDecodeRows queries Simd's decode microkernels win);
 /// other types run the reference while its Nq x Nk scores take at most 16 MiB (17.9 against
 /// Blocked's 11.3 at N = 1024, d = 64, double) and Blocked beyond, so that memory stays
-/// O((Nq + Nk) d). Simd has float microkernels only and runs Blocked otherwise.
+/// O((Nq + Nk) d). Simd has float microkernels only (16-bit storage computes in float and runs
+/// them too) and runs Blocked otherwise. T: the element type of Q.
 template <class T>
 Kernel resolve_kernel(Kernel requested, Index nq, Index nk) {
-  constexpr bool has_microkernels = std::is_same_v<T, float>;
+  constexpr bool has_microkernels = std::is_same_v<compute_type<T>, float>;
   if (requested == Kernel::Simd) return has_microkernels ? Kernel::Simd : Kernel::Blocked;
   if (requested != Kernel::Auto) return requested;
   if (has_microkernels) return nq > kernels::kDecodeRows && nq * nk <= 128 ? Kernel::Reference : Kernel::Simd;
@@ -44,44 +46,56 @@ Kernel resolve_kernel(Kernel requested, Index nq, Index nk) {
 
 /// Runs the chosen kernel on validated inputs, with the masks of this head: the tiled paths
 /// in the target of the ISA that runs (sdpa::isa()); Blocked always in the scalar target,
-/// which is compiled with the build's own flags.
-template <class T>
-void dispatch(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out, T* lse,
-              double scale, const HeadMasks& masks, const Options& options) {
+/// which is compiled with the build's own flags. Q and out hold T, K and V hold S.
+template <class T, class S>
+void dispatch(MatrixView<const T> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<T> out,
+              compute_type<T>* lse, double scale, const HeadMasks& masks, const Options& options) {
   const Isa isa = sdpa::isa();
   switch (resolve_kernel<T>(options.kernel, q.rows, k.rows)) {
     case Kernel::Reference: return kernels::reference_attention(q, k, v, out, scale, masks, options, lse);
     case Kernel::Simd:
-      if constexpr (std::is_same_v<T, float>)
+      if constexpr (std::is_same_v<compute_type<T>, float>)
         return kernels::with_target(isa, [&](auto target) {
           decltype(target)::simd_head(q, k, v, out, lse, scale, masks, options);
         });
       [[fallthrough]];
-    default: return kernels::scalar::Target::blocked_head<T>(q, k, v, out, lse, scale, masks, options);
+    default: return kernels::scalar::Target::blocked_head(q, k, v, out, lse, scale, masks, options);
   }
 }
 
 /// Validates everything, then runs the chosen kernel. Nothing is written before validation
 /// has passed. All 2-D entry points (and SelfAttention, head by head) come through here.
 /// `sources`, when given, are the caller's Q, K, V (which the views may be copies of).
-template <class T>
-void run_attention(const char* function, MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v,
-                   MatrixView<T> out, const Options& options, T* lse = nullptr,
-                   const Input<T>* const* sources = nullptr) {
+template <class T, class S = T>
+void run_attention(const char* function, MatrixView<const T> q, MatrixView<const S> k, MatrixView<const S> v,
+                   MatrixView<T> out, const Options& options, compute_type<T>* lse = nullptr,
+                   const Input<T>* q_source = nullptr, const Input<S>* k_source = nullptr,
+                   const Input<S>* v_source = nullptr) {
+  check_storage<T, S>();
+  using C = compute_type<T>;
   sdpa::isa();  // first of all, the CPU check (isa.hpp): before code built for the wider ISA runs
-  validate_attention<T>(function, q.rows, q.cols, k.rows, k.cols, &v.rows, &v.cols, options);
+  validate_attention<C>(function, q.rows, q.cols, k.rows, k.cols, &v.rows, &v.cols, options);
   reject_batched_options(function, options);
-  validate_output(function, out, q.rows, v.cols, {{"Q", q}, {"K", k}, {"V", v}}, options, lse);
-  if (sources)
-    validate_output(function, out, q.rows, v.cols,
-                    {{"Q", sources[0]->source()}, {"K", sources[1]->source()}, {"V", sources[2]->source()}}, options,
-                    lse);
-  dispatch(q, k, v, out, lse, resolve_scale<T>(function, options, q.cols), HeadMasks::of(options), options);
+  validate_output(function, out, q.rows, v.cols, options, lse, std::pair{"Q", q}, std::pair{"K", k},
+                  std::pair{"V", v});
+  if (q_source)
+    validate_output(function, out, q.rows, v.cols, options, lse, std::pair{"Q", q_source->source()},
+                    std::pair{"K", k_source->source()}, std::pair{"V", v_source->source()});
+  dispatch(q, k, v, out, lse, resolve_scale<C>(function, options, q.cols), HeadMasks::of(options), options);
 }
 
 /// T, in a context where a template argument is never deduced from it (std::type_identity_t).
 template <class T>
 using Exactly = typename std::enable_if<true, T>::type;
+
+/// The element type of K and V, which must be the same.
+template <class DK, class DV>
+struct KeyValue {
+  static_assert(std::is_same_v<typename DK::Scalar, typename DV::Scalar>, "sdpa: K and V need the same element type");
+  using type = typename DK::Scalar;
+};
+template <class DK, class DV>
+using KeyValueType = typename KeyValue<DK, DV>::type;
 
 /// Enables a template for arguments that results can be written into (see bind.hpp).
 template <class D>
@@ -99,10 +113,11 @@ template <class DQ, class DK, class DV, class DO, class = detail::if_writable<DO
 void attention_into(const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>& K, const Eigen::MatrixBase<DV>& V,
                     DO&& out, const Options& options = {}) {
   using T = typename DQ::Scalar;
-  const detail::Input<T> q(Q), k(K), v(V);
-  const detail::Input<T>* sources[] = {&q, &k, &v};
-  detail::run_attention<T>("attention_into", q.view(), k.view(), v.view(),
-                           detail::output_view<T>("attention_into", "out", out), options, nullptr, sources);
+  using S = detail::KeyValueType<DK, DV>;
+  const detail::Input<T> q(Q);
+  const detail::Input<S> k(K), v(V);
+  detail::run_attention<T, S>("attention_into", q.view(), k.view(), v.view(),
+                              detail::output_view<T>("attention_into", "out", out), options, nullptr, &q, &k, &v);
 }
 
 /// A dynamic-size Eigen column vector: the per-row log-sum-exps (`lse`) of attention_into(),
@@ -113,18 +128,20 @@ using Vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
 /// attention_into that also writes each query row's log-sum-exp, lse_i = log sum_j
 /// exp(scale q_i . k_j + bias_ij) over the keys row i may see (-inf for a fully masked row):
 /// the statistic that merges partial results (merge_attention) and reproduces any row's
-/// weights without the others (attention_weights_from_lse).
+/// weights without the others (attention_weights_from_lse). The LSEs are in the compute type
+/// (float for 16-bit Q): rounded to 16 bits they could not merge partials accurately.
 template <class DQ, class DK, class DV, class DO, class = detail::if_writable<DO>>
 void attention_into(const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>& K, const Eigen::MatrixBase<DV>& V,
-                    DO&& out, Eigen::Ref<Vector<typename DQ::Scalar>> lse, const Options& options = {}) {
+                    DO&& out, Eigen::Ref<Vector<compute_type<typename DQ::Scalar>>> lse, const Options& options = {}) {
   using T = typename DQ::Scalar;
-  const detail::Input<T> q(Q), k(K), v(V);
+  using S = detail::KeyValueType<DK, DV>;
+  const detail::Input<T> q(Q);
+  const detail::Input<S> k(K), v(V);
   if (lse.size() != q.rows())
     detail::fail("attention_into", "lse has ", lse.size(), " entries but Q is ", detail::shape(q.rows(), q.cols()),
                  ": it needs one per query row");
-  const detail::Input<T>* sources[] = {&q, &k, &v};
-  detail::run_attention<T>("attention_into", q.view(), k.view(), v.view(),
-                           detail::output_view<T>("attention_into", "out", out), options, lse.data(), sources);
+  detail::run_attention<T, S>("attention_into", q.view(), k.view(), v.view(),
+                              detail::output_view<T>("attention_into", "out", out), options, lse.data(), &q, &k, &v);
 }
 
 /// Combines two attention results over disjoint key sets of the same queries into the result
@@ -137,8 +154,10 @@ void attention_into(const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>&
 template <class Scalar = void, class DO, class DB,
           class T = std::conditional_t<std::is_void_v<Scalar>, typename std::decay_t<DO>::Scalar, Scalar>,
           class = detail::if_writable<DO>>
-void merge_attention(DO&& out, Eigen::Ref<Vector<detail::Exactly<T>>> lse, const Eigen::MatrixBase<DB>& out_b,
-                     const Eigen::Ref<const Vector<detail::Exactly<T>>>& lse_b) {
+void merge_attention(DO&& out, Eigen::Ref<Vector<detail::Exactly<compute_type<T>>>> lse,
+                     const Eigen::MatrixBase<DB>& out_b,
+                     const Eigen::Ref<const Vector<detail::Exactly<compute_type<T>>>>& lse_b) {
+  using C = compute_type<T>;
   const char* fn = "merge_attention";
   const MatrixView<T> o = detail::output_view<T>(fn, "out", out);
   const detail::Input<T> b(out_b);
@@ -146,7 +165,7 @@ void merge_attention(DO&& out, Eigen::Ref<Vector<detail::Exactly<T>>> lse, const
     detail::fail(fn, "out is ", detail::shape(o.rows, o.cols), " with ", lse.size(), " LSEs and out_b is ",
                  detail::shape(b.rows(), b.cols()), " with ", lse_b.size(),
                  ": both parts need the same shape and one LSE per row");
-  const MatrixView<const T> lse_view(lse.data(), lse.size(), 1, 1), lse_b_view(lse_b.data(), lse_b.size(), 1, 1);
+  const MatrixView<const C> lse_view(lse.data(), lse.size(), 1, 1), lse_b_view(lse_b.data(), lse_b.size(), 1, 1);
   if (detail::overlaps(MatrixView<const T>(o), b.source()) || detail::overlaps(MatrixView<const T>(o), lse_view) ||
       detail::overlaps(MatrixView<const T>(o), lse_b_view) ||
       detail::overlaps(lse_view, b.source()) || detail::overlaps(lse_view, lse_b_view))
@@ -158,12 +177,16 @@ void merge_attention(DO&& out, Eigen::Ref<Vector<detail::Exactly<T>>> lse, const
 /// attention_into returned: P_ij = exp(scale q_i . k_j + bias_ij - lse_i), 0 where masked.
 /// One pass over the keys and no Nq x Nk matrix: the weights of any query, on demand.
 /// Q and K are the whole inputs of the original call (causal alignment needs every row).
+/// (For 16-bit Q and K the weights are computed, and returned, in float.)
 template <class DQ, class DK>
-Matrix<typename DQ::Scalar> attention_weights_from_lse(const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>& K,
-                                                       const Eigen::Ref<const Vector<typename DQ::Scalar>>& lse,
-                                                       Index first_row, const Options& options = {}) {
-  using T = typename DQ::Scalar;
-  const detail::Input<T> q(Q), k(K);
+Matrix<compute_type<typename DQ::Scalar>> attention_weights_from_lse(
+    const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>& K,
+    const Eigen::Ref<const Vector<compute_type<typename DQ::Scalar>>>& lse, Index first_row,
+    const Options& options = {}) {
+  using T = compute_type<typename DQ::Scalar>;
+  detail::check_storage<typename DQ::Scalar, typename DK::Scalar>();
+  const detail::Input<typename DQ::Scalar> q(Q);
+  const detail::Input<typename DK::Scalar> k(K);
   const char* fn = "attention_weights_from_lse";
   detail::validate_attention<T>(fn, q.rows(), q.cols(), k.rows(), k.cols(), nullptr, nullptr, options);
   detail::reject_batched_options(fn, options);
@@ -189,24 +212,33 @@ Matrix<typename DQ::Scalar> attention_weights_from_lse(const Eigen::MatrixBase<D
 ///     sdpa::Options options;
 ///     options.causal = true;
 ///     sdpa::Matrix<float> O = sdpa::attention(Q, K, V, options);
+/// Storage types (README, "Storage types"): float, double, long double, Eigen::half or
+/// Eigen::bfloat16, all alike; or K and V in a 16-bit type under float or 16-bit Q. The result
+/// has Q's type; 16-bit storage is computed in float and rounded once, at the end.
 template <class DQ, class DK, class DV>
 Matrix<typename DQ::Scalar> attention(const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>& K,
                                       const Eigen::MatrixBase<DV>& V, const Options& options = {}) {
   using T = typename DQ::Scalar;
-  const detail::Input<T> q(Q), k(K), v(V);
+  using S = detail::KeyValueType<DK, DV>;
+  const detail::Input<T> q(Q);
+  const detail::Input<S> k(K), v(V);
   Matrix<T> out(q.rows(), v.cols());
-  detail::run_attention<T>("attention", q.view(), k.view(), v.view(),
-                           MatrixView<T>(out.data(), out.rows(), out.cols(), out.cols()), options);
+  detail::run_attention<T, S>("attention", q.view(), k.view(), v.view(),
+                              MatrixView<T>(out.data(), out.rows(), out.cols(), out.cols()), options);
   return out;
 }
 
 /// P = softmax(scale Q K^T + mask): the Nq x Nk attention weights, each row summing to 1
 /// (0 for a row that may see no key). Always computed by the reference path.
+/// (For 16-bit Q and K the weights are computed, and returned, in float.)
 template <class DQ, class DK>
-Matrix<typename DQ::Scalar> attention_weights(const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>& K,
-                                              const Options& options = {}) {
-  using T = typename DQ::Scalar;
-  const detail::Input<T> q(Q), k(K);
+Matrix<compute_type<typename DQ::Scalar>> attention_weights(const Eigen::MatrixBase<DQ>& Q,
+                                                            const Eigen::MatrixBase<DK>& K,
+                                                            const Options& options = {}) {
+  using T = compute_type<typename DQ::Scalar>;
+  detail::check_storage<typename DQ::Scalar, typename DK::Scalar>();
+  const detail::Input<typename DQ::Scalar> q(Q);
+  const detail::Input<typename DK::Scalar> k(K);
   detail::validate_attention<T>("attention_weights", q.rows(), q.cols(), k.rows(), k.cols(), nullptr, nullptr, options);
   detail::reject_batched_options("attention_weights", options);
   const double scale = detail::resolve_scale<T>("attention_weights", options, q.cols());

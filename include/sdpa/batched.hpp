@@ -62,15 +62,20 @@ bool owns_its_elements(const TensorView<T>& t) {
   return true;
 }
 
-template <class T>
-void validate_batched(const TensorView<const T>& q, const TensorView<const T>& k, const TensorView<const T>& v,
+template <class T, class S>
+void validate_batched(const TensorView<const T>& q, const TensorView<const S>& k, const TensorView<const S>& v,
                       const TensorView<T>& out, const Options& options) {
   const char* fn = "attention";
   const std::string all = shape4("Q", q) + ", " + shape4("K", k) + ", " + shape4("V", v) + ", " + shape4("out", out);
-  const TensorView<const T> views[] = {q, k, v, out};
-  for (const auto& t : views)
-    if (t.batch < 0 || t.heads < 0 || t.tokens < 0 || t.features < 0)
-      fail(fn, "sizes must not be negative: ", all);
+  const auto each_view = [&](const auto& f) { f(q), f(k), f(v), f(TensorView<const T>(out)); };
+  bool negative_size = false, negative_stride = false, unaddressable = false;
+  std::pair<std::uintptr_t, std::uintptr_t> range;
+  each_view([&](const auto& t) {
+    negative_size |= t.batch < 0 || t.heads < 0 || t.tokens < 0 || t.features < 0;
+    negative_stride |= t.batch_stride < 0 || t.head_stride < 0 || t.token_stride < 0;
+    unaddressable |= !negative_size && !negative_stride && !span(t, range);
+  });
+  if (negative_size) fail(fn, "sizes must not be negative: ", all);
   if (k.batch != q.batch || v.batch != q.batch || out.batch != q.batch)
     fail(fn, "batch sizes differ: ", all);
   if (k.heads != v.heads) fail(fn, "K and V need the same number of heads: ", all);
@@ -78,16 +83,12 @@ void validate_batched(const TensorView<const T>& q, const TensorView<const T>& k
     fail(fn, "query heads (", q.heads, ") must be a multiple of key/value heads (", k.heads, "): ", all);
   if (out.heads != q.heads || out.tokens != q.tokens || out.features != v.features)
     fail(fn, "out must be [", q.batch, ", ", q.heads, ", ", q.tokens, ", ", v.features, "]: ", all);
-  for (const auto& t : views)
-    if (t.batch_stride < 0 || t.head_stride < 0 || t.token_stride < 0)
-      fail(fn, "strides must not be negative: ", all);
-  std::pair<std::uintptr_t, std::uintptr_t> range;
-  for (const auto& t : views)
-    if (!span(t, range)) fail(fn, "strides too large to address: ", all);
+  if (negative_stride) fail(fn, "strides must not be negative: ", all);
+  if (unaddressable) fail(fn, "strides too large to address: ", all);
   if (!owns_its_elements(out))
     fail(fn, "out's strides (batch ", out.batch_stride, ", head ", out.head_stride, ", token ", out.token_stride,
          ") give two elements one place: results would overwrite each other: ", all);
-  validate_attention<T>(fn, q.tokens, q.features, k.tokens, k.features, &v.tokens, &v.features, options);
+  validate_attention<compute_type<T>>(fn, q.tokens, q.features, k.tokens, k.features, &v.tokens, &v.features, options);
 
   const auto check_broadcast = [&](const char* name, Index b, Index h, Index n, Index keys) {
     if ((b != 1 && b != q.batch) || (h != 1 && h != q.heads) || (n != 1 && n != q.tokens) || keys != k.tokens)
@@ -140,14 +141,17 @@ void validate_batched(const TensorView<const T>& q, const TensorView<const T>& k
     if (!options.bias.f32.empty()) check_2d("options.bias", options.bias.f32);
     if (!options.bias.f64.empty()) check_2d("options.bias", options.bias.f64);
   }
-  for (const auto& [name, input] : {std::pair<const char*, const TensorView<const T>*>{"Q", &q}, {"K", &k}, {"V", &v}}) {
-    if (!out.data || disjoint(*input)) continue;
+  const auto check_input = [&](const char* name, const auto& input) {
+    if (!out.data || disjoint(input)) return;
     for (Index b = 0; b < q.batch; ++b)
       for (Index h = 0; h < out.heads; ++h)
-        for (Index hi = 0; hi < input->heads; ++hi)
-          if (overlaps(MatrixView<const T>(out.head(b, h)), input->head(b, hi)))
+        for (Index hi = 0; hi < input.heads; ++hi)
+          if (overlaps(MatrixView<const T>(out.head(b, h)), input.head(b, hi)))
             fail(fn, "out overlaps ", name, " (batch ", b, "): results would overwrite inputs still being read");
-  }
+  };
+  check_input("Q", q);
+  check_input("K", k);
+  check_input("V", v);
 }
 
 }  // namespace detail
@@ -162,34 +166,46 @@ void validate_batched(const TensorView<const T>& q, const TensorView<const T>& k
 ///     auto q = sdpa::TensorView<const float>::bnhd(Q.data(), B, N, H, d);   // [B, N, H, d] memory
 ///     auto o = sdpa::TensorView<float>::bnhd(O.data(), B, N, H, d);
 ///     sdpa::attention(q, k, v, o, options);
-template <class T>
-void attention(const TensorView<const T>& q, const TensorView<const T>& k, const TensorView<const T>& v,
+///
+/// Element types as in the 2-D attention(): K and V may be 16-bit under float or 16-bit Q
+/// (a half-precision KV cache).
+template <class T, class S>
+void attention(const TensorView<const T>& q, const TensorView<const S>& k, const TensorView<const S>& v,
                const TensorView<T>& out, const Options& options = {}) {
+  detail::check_storage<T, S>();
   sdpa::isa();  // first of all, the CPU check (isa.hpp): before code built for the wider ISA runs
   detail::validate_batched(q, k, v, out, options);
   if (q.batch == 0 || q.heads == 0) return;
-  const double scale = detail::resolve_scale<T>("attention", options, q.features);
+  const double scale = detail::resolve_scale<compute_type<T>>("attention", options, q.features);
   const Index group = q.heads / k.heads;
   const Kernel kernel = detail::resolve_kernel<T>(options.kernel, q.tokens, k.tokens);
   const BlockConfig blocks = kernels::choose_blocks(options.blocks, q.tokens, k.tokens, q.features, v.features,
-                                                    Index(sizeof(T)), 1, 1);
+                                                    Index(sizeof(compute_type<T>)), 1, 1);
   const Index query_tiles = (q.tokens + blocks.query_rows - 1) / blocks.query_rows;
   // Few query tiles in all (decoding a small batch): head by head, each splitting its keys.
   const bool pooled = kernel != Kernel::Reference && q.batch * q.heads * query_tiles >= 4;
   if (!pooled) {
     for (Index b = 0; b < q.batch; ++b)
       for (Index h = 0; h < q.heads; ++h)
-        detail::dispatch<T>(q.head(b, h), k.head(b, h / group), v.head(b, h / group), out.head(b, h), nullptr, scale,
+        detail::dispatch<T, S>(q.head(b, h), k.head(b, h / group), v.head(b, h / group), out.head(b, h), nullptr, scale,
                             detail::head_masks(options, b, h), options);
     return;
   }
-  if constexpr (std::is_same_v<T, float>) {
+  if constexpr (std::is_same_v<compute_type<T>, float>) {
     if (kernel == Kernel::Simd)
       return kernels::with_target(sdpa::isa(), [&](auto target) {
         decltype(target)::simd_batch(q, k, v, out, scale, options);
       });
   }
-  kernels::scalar::Target::blocked_batch<T>(q, k, v, out, scale, options);
+  kernels::scalar::Target::blocked_batch(q, k, v, out, scale, options);
+}
+
+/// Every view of one element type T: `sdpa::attention<float>(q, k, v, out)` converts views of
+/// mutable memory to the read-only views it takes.
+template <class T>
+void attention(const TensorView<const T>& q, const TensorView<const T>& k, const TensorView<const T>& v,
+               const TensorView<T>& out, const Options& options = {}) {
+  attention<T, T>(q, k, v, out, options);
 }
 
 SDPA_END_NAMESPACE

@@ -57,7 +57,7 @@
 #define SDPA_BUILD_AVX512 0
 #endif
 /// 1 when the compiler flags enable AVX2 and FMA; 0 otherwise or with SDPA_FORCE_SCALAR.
-#if !SDPA_FORCE_SCALAR && defined(__AVX2__) && defined(__FMA__)
+#if !SDPA_FORCE_SCALAR && defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define SDPA_BUILD_AVX2 1
 #else
 #define SDPA_BUILD_AVX2 0
@@ -142,8 +142,8 @@
 // The feature sets of the x86 targets: the vector and bit-manipulation parts of the x86-64-v4
 // and -v3 levels, exactly what cpu_supports() (isa.hpp) checks, so that a kernel compiled
 // here never needs more than the check verified.
-#define SDPA_FEATURES_AVX512 "avx512f,avx512dq,avx512bw,avx512vl,avx512cd,avx2,fma,bmi,bmi2"
-#define SDPA_FEATURES_AVX2 "avx2,fma,bmi,bmi2"
+#define SDPA_FEATURES_AVX512 "avx512f,avx512dq,avx512bw,avx512vl,avx512cd,avx2,fma,f16c,bmi,bmi2"
+#define SDPA_FEATURES_AVX2 "avx2,fma,f16c,bmi,bmi2"
 
 // SDPA_BASELINE_CODE before a function: compiled for baseline x86-64 whatever the build's
 // flags, for the CPU check (isa.hpp), which must run on the older CPU it is there to catch.

@@ -17,6 +17,9 @@
 #if SDPA_ARCH_AARCH64 && defined(__linux__)
 #include <sys/auxv.h>
 #endif
+#if SDPA_ARCH_X86_64 && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#endif
 
 namespace sdpa {
 
@@ -24,7 +27,7 @@ namespace sdpa {
 enum class Isa {
   scalar,  ///< width-1 C++ (any CPU)
   neon,    ///< AArch64 Advanced SIMD, 4 floats
-  avx2,    ///< x86-64 AVX2 + FMA (+ BMI1/2), 8 floats
+  avx2,    ///< x86-64 AVX2 + FMA (+ F16C, BMI1/2: the x86-64-v3 level), 8 floats
   avx512,  ///< x86-64 AVX-512 F/DQ/BW/VL/CD (the x86-64-v4 level), 16 floats
 };
 
@@ -65,6 +68,15 @@ SDPA_BASELINE_CODE inline bool disabled_by_environment(Isa isa) {
     if (*item == '\0') return false;
   }
 }
+
+#if SDPA_ARCH_X86_64 && (defined(__GNUC__) || defined(__clang__))
+/// F16C (the fp16 <-> float conversions), read from cpuid: GCC 12's __builtin_cpu_supports
+/// reports it absent on CPUs that have it, and Clang 14's does not know the name.
+SDPA_BASELINE_CODE inline bool cpu_has_f16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+}
+#endif
 }  // namespace detail
 
 /// True when this CPU (and its operating system, which must save the wider registers) can
@@ -76,8 +88,8 @@ SDPA_BASELINE_CODE inline bool cpu_supports(Isa isa) {
 #if SDPA_ARCH_X86_64 && (defined(__GNUC__) || defined(__clang__))
     case Isa::avx2:  // __builtin_cpu_supports also checks that the OS saves the ymm/zmm state
       __builtin_cpu_init();
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi") &&
-             __builtin_cpu_supports("bmi2");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && detail::cpu_has_f16c() &&
+             __builtin_cpu_supports("bmi") && __builtin_cpu_supports("bmi2");
     case Isa::avx512:
       return cpu_supports(Isa::avx2) && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
              __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&

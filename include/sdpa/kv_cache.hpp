@@ -5,7 +5,9 @@
 
 #include "attention.hpp"
 #include "detail/validate.hpp"
+#include "storage.hpp"
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -15,9 +17,14 @@ namespace sdpa {
 /// One layer's key/value cache for `batch` sequences: memory for `capacity` tokens per sequence
 /// is allocated (and touched) once, at construction; each step appends the new tokens' keys and
 /// values, so generating a token never reallocates. Stored [batch, kv_heads, capacity, d]: each
-/// head's keys are contiguous rows, read in place by attention.
+/// head's keys are contiguous rows, read in place by attention. T may be Eigen::half or
+/// Eigen::bfloat16 (README, "Storage types"): keys and values are rounded to it once, as they
+/// are appended, and the decode kernels read the 16-bit rows in place, half the bytes of float.
 template <class T>
 class KVCache {
+  static_assert(detail::is_storage_type<T>,
+                "sdpa::KVCache: T must be float, double, long double, Eigen::half or Eigen::bfloat16");
+
  public:
   /// Allocates room for `capacity` tokens in each of `batch` sequences, all empty: keys of
   /// `kv_heads` heads of `head_dim` features, values of `value_head_dim`. Throws
@@ -47,11 +54,12 @@ class KVCache {
   Index length(Index sequence) const { return lengths_[std::size_t(checked(sequence))]; }
 
   /// Appends n tokens to `sequence`: keys n x (kv_heads head_dim), values n x (kv_heads
-  /// value_head_dim), heads side by side as a projection produces them. Throws, changing
-  /// nothing, when they do not fit.
+  /// value_head_dim), heads side by side as a projection produces them, of any element type
+  /// (rounded to T). Throws, changing nothing, when they do not fit.
   template <class DK, class DV>
   void append(Index sequence, const Eigen::MatrixBase<DK>& keys, const Eigen::MatrixBase<DV>& values) {
-    const detail::Input<T> k(keys), v(values);
+    const detail::Input<typename DK::Scalar> k(keys);
+    const detail::Input<typename DV::Scalar> v(values);
     const Index n = k.rows(), start = length(sequence);
     if (k.cols() != kv_heads_ * head_dim_ || v.cols() != kv_heads_ * value_head_dim_ || v.rows() != n)
       detail::fail("KVCache::append", "keys are ", detail::shape(k.rows(), k.cols()), " and values ",
@@ -62,10 +70,11 @@ class KVCache {
                    capacity_);
     for (Index h = 0; h < kv_heads_; ++h)
       for (Index t = 0; t < n; ++t) {
-        const T* key = k.view().row(t) + h * head_dim_;
-        const T* value = v.view().row(t) + h * value_head_dim_;
-        std::copy(key, key + head_dim_, key_row(sequence, h, start + t));
-        std::copy(value, value + value_head_dim_, value_row(sequence, h, start + t));
+        const auto* key = k.view().row(t) + h * head_dim_;
+        const auto* value = v.view().row(t) + h * value_head_dim_;
+        const auto round = [](auto x) { return T(x); };
+        std::transform(key, key + head_dim_, key_row(sequence, h, start + t), round);
+        std::transform(value, value + value_head_dim_, value_row(sequence, h, start + t), round);
       }
     lengths_[std::size_t(sequence)] = start + n;
   }

@@ -30,8 +30,14 @@ void project(const Input<T>& X, const Input<T>& W, const RowVector<T>& b, Matrix
     fail(function, "out (", shape(out.rows, out.cols), ") overlaps X, W or b: the product would overwrite its inputs");
   auto Y = Eigen::Map<Matrix<T>, Eigen::Unaligned, Eigen::OuterStride<>>(out.data, out.rows, out.cols,
                                                                         Eigen::OuterStride<>(out.row_stride));
-  Y.noalias() = X.map() * W.map();
-  if (b.size() != 0) Y.rowwise() += b;
+  if constexpr (is_half_precision<T>) {  // 16-bit storage: the products and sums in float, rounded once
+    Matrix<float> y = X.map().template cast<float>() * W.map().template cast<float>();
+    if (b.size() != 0) y.rowwise() += b.template cast<float>();
+    Y = y.template cast<T>();
+  } else {
+    Y.noalias() = X.map() * W.map();
+    if (b.size() != 0) Y.rowwise() += b;
+  }
 }
 }  // namespace detail
 

@@ -117,10 +117,12 @@ class SelfAttention {
   /// `cache` plus themselves (bottom-right causal), after appending their keys and values to
   /// the cache. Feeding a prompt in one step and then one token per step gives the outputs of
   /// one causal pass over the whole sequence. Options' masks, if any, are Nq x Nk with Nk the
-  /// cached length after the append.
-  template <class DX>
-  Matrix<T> step(const Eigen::MatrixBase<DX>& X_new, KVCache<T>& cache, Index sequence = 0,
+  /// cached length after the append. The cache may hold a 16-bit type C under a float (or
+  /// 16-bit) layer: keys and values are rounded to C as they are appended.
+  template <class DX, class C>
+  Matrix<T> step(const Eigen::MatrixBase<DX>& X_new, KVCache<C>& cache, Index sequence = 0,
                  const Options& options = {}) const {
+    detail::check_storage<T, C>();
     const detail::Input<T> x(X_new);
     const char* fn = "SelfAttention::step";
     if (cache.kv_heads() != kv_heads_ || cache.head_dim() != head_dim() || cache.value_head_dim() != value_head_dim())
@@ -133,7 +135,7 @@ class SelfAttention {
                    " more exceed the cache's capacity ", cache.capacity());
     Options causal = options;
     causal.causal = true;
-    detail::validate_attention<T>(fn, x.rows(), head_dim(), nk, head_dim(), nullptr, nullptr, causal);
+    detail::validate_attention<compute_type<T>>(fn, x.rows(), head_dim(), nk, head_dim(), nullptr, nullptr, causal);
     detail::reject_batched_options(fn, causal);
     // All or nothing: if anything below throws (bad_alloc, a throwing parallel_for), the
     // cache is rolled back to the length it had, so that a retry computes the same result.
@@ -178,8 +180,8 @@ class SelfAttention {
                    " but Wk is ", detail::shape(w_.Wk.rows(), w_.Wk.cols()), ": keys and values need ", w_.Wk.rows(),
                    " columns");
     // Per-head shapes and options are checked before any projection is computed.
-    detail::validate_attention<T>("SelfAttention::forward", x.rows(), head_dim(), source.rows(), head_dim(), nullptr,
-                               nullptr, options);
+    detail::validate_attention<compute_type<T>>("SelfAttention::forward", x.rows(), head_dim(), source.rows(),
+                                                head_dim(), nullptr, nullptr, options);
     detail::reject_batched_options("SelfAttention::forward", options);
     const Matrix<T> Q = project(x.map(), w_.Wq, w_.bq), K = project(source.map(), w_.Wk, w_.bk),
                     V = project(source.map(), w_.Wv, w_.bv);

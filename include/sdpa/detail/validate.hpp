@@ -14,6 +14,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 SDPA_BEGIN_NAMESPACE
 namespace detail {
@@ -131,13 +132,13 @@ bool overlaps(const MatrixView<A>& a, const MatrixView<B>& b) {
 
 /// The output must have the result's shape and must touch no input: not Q, K, V, a mask or
 /// a bias (all still being read while it is written), nor the LSE output.
-template <class T>
-void validate_output(const char* function, const MatrixView<T>& out, Index nq, Index dv,
-                     std::initializer_list<std::pair<const char*, MatrixView<const T>>> inputs, const Options& options,
-                     const T* lse = nullptr) {
+/// `inputs`: (name, view) pairs, of any element types.
+template <class T, class L, class... Inputs>
+void validate_output(const char* function, const MatrixView<T>& out, Index nq, Index dv, const Options& options,
+                     const L* lse, const std::pair<const char*, Inputs>&... inputs) {
   if (out.rows != nq || out.cols != dv)
     fail(function, "out is ", shape(out.rows, out.cols), " but the result is ", shape(nq, dv), " (Nq x d_v)");
-  const MatrixView<const T> lse_view(lse, lse ? nq : 0, 1, 1);
+  const MatrixView<const L> lse_view(lse, lse ? nq : 0, 1, 1);
   const auto check = [&](const char* name, const auto& input) {
     if (overlaps(MatrixView<const T>(out), input))
       fail(function, "out (", shape(out.rows, out.cols), ") overlaps ", name, " (", shape(input.rows, input.cols),
@@ -146,7 +147,7 @@ void validate_output(const char* function, const MatrixView<T>& out, Index nq, I
       fail(function, "lse (", nq, " entries) overlaps ", name, " (", shape(input.rows, input.cols),
            "): results would overwrite inputs still being read");
   };
-  for (const auto& [name, input] : inputs) check(name, input);
+  (check(inputs.first, inputs.second), ...);
   if (!options.mask.empty()) check("options.mask", options.mask);
   if (!options.bias.f32.empty()) check("options.bias", options.bias.f32);
   if (!options.bias.f64.empty()) check("options.bias", options.bias.f64);

@@ -5,9 +5,12 @@
 
 /// All heads' query tiles as one pool of work items, so that threads share batch x heads x
 /// tiles; K (and V) of each key/value head are packed once, shared by its query heads.
-template <class Micro, class T>
-void batched_tiled(const TensorView<const T>& q, const TensorView<const T>& k, const TensorView<const T>& v,
-                   const TensorView<T>& out, double scale, const Options& options) {
+template <class Micro, class Q>
+void batched_tiled(const TensorView<const Q>& q, const TensorView<const typename Micro::Storage>& k,
+                   const TensorView<const typename Micro::Storage>& v, const TensorView<Q>& out, double scale,
+                   const Options& options) {
+  using T = typename Micro::Vec::value_type;
+  using S = typename Micro::Storage;
   const Index group = q.heads / k.heads;  // query heads per key/value head
   const BlockConfig blocks = choose_blocks(options.blocks, q.tokens, k.tokens, q.features, v.features, Index(sizeof(T)),
                                       Micro::key_multiple, Micro::row_multiple);
@@ -22,12 +25,12 @@ void batched_tiled(const TensorView<const T>& q, const TensorView<const T>& k, c
                         packed.data() + i * packed_size);
   detail::parallel_for(kv_heads, options, [&](Index first, Index end) {
     for (Index i = first; i < end; ++i) {
-      const MatrixView<const T> k_head = k.head(i / k.heads, i % k.heads), v_head = v.head(i / k.heads, i % k.heads);
+      const MatrixView<const S> k_head = k.head(i / k.heads, i % k.heads), v_head = v.head(i / k.heads, i % k.heads);
       micros[std::size_t(i)].pack(k_head, v_head, 0, micros[std::size_t(i)].pack_tiles(k_head));
     }
   });
 
-  std::vector<TiledHead<Micro, T>> heads;  // each keeps its own copy of its masks (views)
+  std::vector<TiledHead<Micro, Q, Q>> heads;  // each keeps its own copy of its masks (views)
   heads.reserve(std::size_t(q.batch * q.heads));
   for (Index b = 0; b < q.batch; ++b)
     for (Index h = 0; h < q.heads; ++h)
@@ -39,28 +42,54 @@ void batched_tiled(const TensorView<const T>& q, const TensorView<const T>& k, c
   });
 }
 
-/// Grouped-query decoding: with one query per head, the query heads that share a key/value
-/// head are the rows of one small Q (row stride = head stride), so that head's keys and
-/// values are read once for the group instead of once per query head. Returns false when
-/// the call is not of that form (then heads run separately).
-inline bool decode_groups(const TensorView<const float>& q, const TensorView<const float>& k,
-                          const TensorView<const float>& v, const TensorView<float>& out, double scale,
-                          const Options& options) {
-  using Rows = RowTiles<Arch>;
-  const Index group = q.heads / k.heads;
+/// Grouped-query decoding: the query heads that share a key/value head, with their few new
+/// tokens each (one, or a speculative draft of up to kDecodeRows), become the rows of one
+/// small Q in one query tile, so that the head's keys and values are read from memory once
+/// per step for the whole group, whatever its size: each key tile is loaded once and serves
+/// every row while it sits in L1. With one token the rows are the heads themselves (row stride =
+/// head stride, no copy); with more they are gathered, row i tokens + t for token t of the
+/// group's head i, each seeing its own causal prefix. Returns false when the call is not of
+/// that form (then heads run separately).
+template <class Q, class S>
+bool decode_groups(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
+                   const TensorView<Q>& out, double scale, const Options& options) {
+  using Rows = RowTiles<Arch, S>;
+  const Index group = q.heads / k.heads, n = q.tokens, rows = group * n;
   const bool per_head_masks = (!options.batch_mask.empty() && options.batch_mask.heads != 1) ||
                               (!options.batch_bias.empty() && options.batch_bias.heads != 1);
-  if (q.tokens != 1 || group < 2 || group > Rows::max_rows || per_head_masks ||
-      !Rows::fits(group, q.features, v.features) || !options.mask.empty() || !options.bias.empty() ||
-      !options.key_lengths.empty())
+  const bool query_masks = n > 1 && (!options.batch_mask.empty() || !options.batch_bias.empty());  // per token
+  if (n > kDecodeRows || group < 2 || per_head_masks || query_masks || !Rows::fits_widths(q.features, v.features) ||
+      !options.mask.empty() || !options.bias.empty() || !options.key_lengths.empty())
     return false;
+  const Index dk = q.features, dv = v.features, nk = k.tokens;
   const auto run = [&](Index item, const Options& run_options) {
     const Index b = item / k.heads, kv = item % k.heads;
-    const MatrixView<const float> q_rows(q.head(b, kv * group).data, group, q.features, q.head_stride);
-    const MatrixView<float> out_rows(out.head(b, kv * group).data, group, out.features, out.head_stride);
     detail::HeadMasks masks = detail::head_masks(options, b, kv * group);
-    masks.causal = false;  // one query per head sees every key; as rows of a group it must too
-    simd_attention(q_rows, k.head(b, kv), v.head(b, kv), out_rows, scale, masks, run_options);
+    const Index visible = masks.length_count ? masks.lengths[0] : nk;  // sequence_lengths
+    Index* lengths = detail::thread_scratch<Index, detail::Slot::GroupLengths>(rows);
+    for (Index r = 0; r < rows; ++r)  // causal is bottom-right aligned within each head's n tokens
+      lengths[r] = std::min(visible, options.causal ? std::clamp<Index>(nk - n + r % n + 1, 0, nk) : nk);
+    masks.causal = false;
+    masks.lengths = lengths;
+    masks.length_count = rows;
+    Options tile = run_options;  // the whole group in one query tile: K and V are read once
+    tile.blocks.query_rows = rows;
+    const MatrixView<const S> k_head = k.head(b, kv), v_head = v.head(b, kv);
+    if (n == 1) {
+      const MatrixView<const Q> q_rows(q.head(b, kv * group).data, rows, dk, q.head_stride);
+      const MatrixView<Q> out_rows(out.head(b, kv * group).data, rows, dv, out.head_stride);
+      return tiled_attention<Rows>(q_rows, k_head, v_head, out_rows, nullptr, scale, masks, tile);
+    }
+    Q* q_rows = detail::thread_scratch<Q, detail::Slot::GroupQueries>(rows * dk);
+    Q* out_rows = detail::thread_scratch<Q, detail::Slot::GroupOutputs>(rows * dv);
+    for (Index r = 0; r < rows; ++r) {
+      const Q* from = q.head(b, kv * group + r / n).row(r % n);
+      std::copy(from, from + dk, q_rows + r * dk);
+    }
+    tiled_attention<Rows>(MatrixView<const Q>(q_rows, rows, dk, dk), k_head, v_head,
+                          MatrixView<Q>(out_rows, rows, dv, dv), nullptr, scale, masks, tile);
+    for (Index r = 0; r < rows; ++r)
+      std::copy(out_rows + r * dv, out_rows + (r + 1) * dv, out.head(b, kv * group + r / n).row(r % n));
   };
   const Index items = q.batch * k.heads;
   if (items < 4) {  // few groups: each splits its keys across the threads
@@ -78,11 +107,11 @@ inline bool decode_groups(const TensorView<const float>& q, const TensorView<con
 
 /// The Simd path over a batch: grouped decoding when it applies, the decode microkernels for
 /// a few queries per head, the packed ones otherwise.
-inline void simd_batched(const TensorView<const float>& q, const TensorView<const float>& k,
-                         const TensorView<const float>& v, const TensorView<float>& out, double scale,
-                         const Options& options) {
+template <class Q, class S>
+void simd_batched(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
+                  const TensorView<Q>& out, double scale, const Options& options) {
   if (decode_groups(q, k, v, out, scale, options)) return;
-  if (RowTiles<Arch>::fits(q.tokens, q.features, v.features))
-    return batched_tiled<RowTiles<Arch>>(q, k, v, out, scale, options);
-  batched_tiled<SimdTiles<Arch>>(q, k, v, out, scale, options);
+  if (RowTiles<Arch, S>::fits(q.tokens, q.features, v.features))
+    return batched_tiled<RowTiles<Arch, S>>(q, k, v, out, scale, options);
+  batched_tiled<SimdTiles<Arch, S>>(q, k, v, out, scale, options);
 }

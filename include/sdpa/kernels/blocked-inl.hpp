@@ -7,17 +7,19 @@
 // A per-target file (see simd/exp-inl.hpp): included by kernels/targets.hpp only. Only the
 // scalar target's copy runs: Blocked is portable code, compiled with the build's own flags.
 
-template <class T>
+/// Computes in T; K and V are stored as S (T, or a 16-bit type read into T element by element).
+template <class T, class S = T>
 class BlockedTiles {
  public:
   using Vec = simd::Vec<T, simd::scalar>;
+  using Storage = S;
   static constexpr Index key_multiple = 1;
   static constexpr Index row_multiple = 1;
 
-  static Index packed_size(MatrixView<const T>, MatrixView<const T>, const BlockConfig&) { return 0; }
-  BlockedTiles(MatrixView<const T> k, MatrixView<const T> v, const BlockConfig&, T*) : k_(k), v_(v) {}
-  Index pack_tiles(MatrixView<const T>) const { return 0; }  // reads K and V in place
-  void pack(MatrixView<const T>, MatrixView<const T>, Index, Index) const {}
+  static Index packed_size(MatrixView<const S>, MatrixView<const S>, const BlockConfig&) { return 0; }
+  BlockedTiles(MatrixView<const S> k, MatrixView<const S> v, const BlockConfig&, T*) : k_(k), v_(v) {}
+  Index pack_tiles(MatrixView<const S>) const { return 0; }  // reads K and V in place
+  void pack(MatrixView<const S>, MatrixView<const S>, Index, Index) const {}
 
   Index accumulator_cols() const { return v_.cols; }
   Vec exp2(Vec x) const { return {std::exp2(x.v)}; }
@@ -28,9 +30,9 @@ class BlockedTiles {
     for (Index r = 0; r < rows; ++r)
       for (Index c = 0; c < keys; ++c) {
         const T* q_row = q_tile + r * dk;
-        const T* k_row = k_.row(j0 + c);
+        const S* k_row = k_.row(j0 + c);
         T dot = T(0);
-        for (Index e = 0; e < dk; ++e) dot += q_row[e] * k_row[e];
+        for (Index e = 0; e < dk; ++e) dot += q_row[e] * T(k_row[e]);
         s[r * ld + c] = dot;
       }
   }
@@ -42,8 +44,8 @@ class BlockedTiles {
       for (Index e = 0; e < dv; ++e) acc[r * dv + e] *= rescale[r];
       for (Index c = 0; c < keys; ++c) {
         const T weight = p[r * ld + c];
-        const T* v_row = v_.row(j0 + c);
-        for (Index e = 0; e < dv; ++e) acc[r * dv + e] += weight * v_row[e];
+        const S* v_row = v_.row(j0 + c);
+        for (Index e = 0; e < dv; ++e) acc[r * dv + e] += weight * T(v_row[e]);
       }
     }
   }
@@ -54,13 +56,14 @@ class BlockedTiles {
   }
 
  private:
-  MatrixView<const T> k_, v_;
+  MatrixView<const S> k_, v_;
 };
 
 /// out = softmax(scale Q K^T + mask) V, tiled; inputs already validated.
-template <class T>
-void blocked_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out,
-                       double scale, const detail::HeadMasks& masks, const Options& options, T* lse = nullptr) {
-  tiled_attention<BlockedTiles<T>>(q, k, v, out, lse, scale, masks, options);
+template <class Q, class S, class O>
+void blocked_attention(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<O> out,
+                       double scale, const detail::HeadMasks& masks, const Options& options,
+                       compute_type<Q>* lse = nullptr) {
+  tiled_attention<BlockedTiles<compute_type<Q>, S>>(q, k, v, out, lse, scale, masks, options);
 }
 

@@ -6,25 +6,27 @@
 struct Target {
   static constexpr Isa isa = kIsa;
 
-  static void simd_head(MatrixView<const float> q, MatrixView<const float> k, MatrixView<const float> v,
-                        MatrixView<float> out, float* lse, double scale, const detail::HeadMasks& masks,
-                        const Options& options) {
+  /// Q and out of type Q (float or 16-bit), K and V of type S (float or 16-bit).
+  template <class Q, class S>
+  static void simd_head(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<Q> out,
+                        float* lse, double scale, const detail::HeadMasks& masks, const Options& options) {
     simd_attention(q, k, v, out, scale, masks, options, lse);
   }
-  static void simd_batch(const TensorView<const float>& q, const TensorView<const float>& k,
-                         const TensorView<const float>& v, const TensorView<float>& out, double scale,
-                         const Options& options) {
+  template <class Q, class S>
+  static void simd_batch(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
+                         const TensorView<Q>& out, double scale, const Options& options) {
     simd_batched(q, k, v, out, scale, options);
   }
-  template <class T>
-  static void blocked_head(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out,
-                           T* lse, double scale, const detail::HeadMasks& masks, const Options& options) {
+  template <class Q, class S>
+  static void blocked_head(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<Q> out,
+                           compute_type<Q>* lse, double scale, const detail::HeadMasks& masks,
+                           const Options& options) {
     blocked_attention(q, k, v, out, scale, masks, options, lse);
   }
-  template <class T>
-  static void blocked_batch(const TensorView<const T>& q, const TensorView<const T>& k, const TensorView<const T>& v,
-                            const TensorView<T>& out, double scale, const Options& options) {
-    batched_tiled<BlockedTiles<T>>(q, k, v, out, scale, options);
+  template <class Q, class S>
+  static void blocked_batch(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
+                            const TensorView<Q>& out, double scale, const Options& options) {
+    batched_tiled<BlockedTiles<compute_type<Q>, S>>(q, k, v, out, scale, options);
   }
   static MicrokernelSet microkernels() { return testing::set(); }
 };

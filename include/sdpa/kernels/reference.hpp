@@ -13,9 +13,11 @@
 #include "../detail/mask_policy.hpp"
 #include "../detail/parallel.hpp"
 #include "../options.hpp"
+#include "../storage.hpp"
 
 #include <Eigen/Core>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -35,15 +37,16 @@ constexpr Index kRowsPerTask = 16;  // rows one thread takes at a time
 
 /// Passes 1 and 2 for query row i: s_j = (scale q_i) . k_j, then -inf where masked, + bias.
 /// (The query is scaled before the dot product, as in the tiled paths, so that a product
-/// that fits the type after scaling never overflows before it.)
-template <class T>
-void reference_scores(MatrixView<const T> q, MatrixView<const T> k, Index i, double scale,
+/// that fits the type after scaling never overflows before it.) Everything is computed in T;
+/// Q and K may be stored in another type (16-bit storage is computed in float).
+template <class T, class Q, class K>
+void reference_scores(MatrixView<const Q> q, MatrixView<const K> k, Index i, double scale,
                       const detail::MaskPolicy<T>& mask, T* s) {
   using reference_detail::row;
   // pass 1: the query against every key it may see, s_j = (scale q_i) . k_j
-  const Eigen::Matrix<T, 1, Eigen::Dynamic> scaled_query = T(scale) * row(q, i);
+  const Eigen::Matrix<T, 1, Eigen::Dynamic> scaled_query = T(scale) * row(q, i).template cast<T>();
   const Index end = mask.key_end(i);
-  for (Index j = 0; j < end; ++j) s[j] = scaled_query.dot(row(k, j));
+  for (Index j = 0; j < end; ++j) s[j] = scaled_query.dot(row(k, j).template cast<T>());
   // pass 2: masks: forbidden pairs become -inf, the bias is added
   mask.apply(i, 0, k.rows, s);
 }
@@ -51,8 +54,8 @@ void reference_scores(MatrixView<const T> q, MatrixView<const T> k, Index i, dou
 /// Passes 1 to 5 for query row i: its weights p (k.rows entries, all 0 when it sees no key)
 /// and, when `lse` is not null, its log-sum-exp (-inf when it sees no key). A NaN or +inf
 /// among the scores it sees makes every weight, and the LSE, NaN.
-template <class T>
-void reference_row_weights(MatrixView<const T> q, MatrixView<const T> k, Index i, double scale,
+template <class T, class Q, class K>
+void reference_row_weights(MatrixView<const Q> q, MatrixView<const K> k, Index i, double scale,
                            const detail::MaskPolicy<T>& mask, T* p, T* lse) {
   const Index nk = k.rows;
   reference_scores(q, k, i, scale, mask, p);  // passes 1 and 2
@@ -79,19 +82,19 @@ void reference_row_weights(MatrixView<const T> q, MatrixView<const T> k, Index i
 
 /// Pass 6 for one row: out = sum_j p_j v_j over the keys of nonzero weight. A key of weight 0
 /// (masked, or too unlikely for exp to represent) adds nothing, whatever V holds there.
-template <class T>
-void reference_blend(const T* p, MatrixView<const T> v, T* out) {
+template <class T, class S>
+void reference_blend(const T* p, MatrixView<const S> v, T* out) {
   using reference_detail::row;
   auto o = Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(out, v.cols);
   o.setZero();
   for (Index j = 0; j < v.rows; ++j)
-    if (p[j] != T(0)) o += p[j] * row(v, j);
+    if (p[j] != T(0)) o += p[j] * row(v, j).template cast<T>();
 }
 
 /// P = softmax(scale Q K^T + mask), row by row; a row with no visible key is all zeros.
 /// `lse`, when not null, receives each row's log-sum-exp of its masked scores (-inf if none).
-template <class T>
-void reference_weights(MatrixView<const T> q, MatrixView<const T> k, double scale, const detail::HeadMasks& masks,
+template <class T, class Q, class K>
+void reference_weights(MatrixView<const Q> q, MatrixView<const K> k, double scale, const detail::HeadMasks& masks,
                        const Options& options, MatrixView<T> weights, T* lse = nullptr) {
   const detail::MaskPolicy<T> mask(masks, q.rows, k.rows, T(1));
   const Index tasks = (q.rows + reference_detail::kRowsPerTask - 1) / reference_detail::kRowsPerTask;
@@ -101,9 +104,10 @@ void reference_weights(MatrixView<const T> q, MatrixView<const T> k, double scal
   });
 }
 
-/// out = P V with P from reference_weights. Allocates the Nq x Nk matrix P.
-template <class T>
-void reference_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out,
+/// out = P V with P from reference_weights. Allocates the Nq x Nk matrix P (and, for a 16-bit
+/// output, rounds each row once from T).
+template <class Q, class S, class O, class T = compute_type<Q>>
+void reference_attention(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<O> out,
                          double scale, const detail::HeadMasks& masks, const Options& options, T* lse = nullptr) {
   Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> P(q.rows, k.rows);
   const MatrixView<T> weights(P.data(), P.rows(), P.cols(), P.cols());
@@ -111,8 +115,15 @@ void reference_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixVie
   // pass 6: each output row is its weights' blend of the value rows
   const Index tasks = (q.rows + reference_detail::kRowsPerTask - 1) / reference_detail::kRowsPerTask;
   detail::parallel_for(tasks, options, [&](Index first, Index end) {
-    for (Index i = first * reference_detail::kRowsPerTask; i < std::min(q.rows, end * reference_detail::kRowsPerTask); ++i)
-      reference_blend(weights.row(i), v, out.row(i));
+    Eigen::Matrix<T, 1, Eigen::Dynamic> row(std::is_same_v<O, T> ? 0 : v.cols);
+    for (Index i = first * reference_detail::kRowsPerTask; i < std::min(q.rows, end * reference_detail::kRowsPerTask); ++i) {
+      if constexpr (std::is_same_v<O, T>) {
+        reference_blend(weights.row(i), v, out.row(i));
+      } else {
+        reference_blend(weights.row(i), v, row.data());
+        std::transform(row.data(), row.data() + v.cols, out.row(i), [](T x) { return O(x); });
+      }
+    }
   });
 }
 

@@ -35,9 +35,10 @@ SDPA_ALWAYS_INLINE void with_rows(Index n, F&& f) {
 }
 
 // The step both products are made of (the GEMM microkernel's inner step): acc[r][c] +=
-// column[r * stride] * row[c W .. c W + W), C loads and R broadcasts for R C FMAs.
-template <class V, int R, int C>
-SDPA_ALWAYS_INLINE void rank1_update(const float* column, Index stride, const float* row, V (&acc)[R][C]) {
+// column[r * stride] * row[c W .. c W + W), C loads and R broadcasts for R C FMAs. `row` may
+// hold 16-bit values, widened as they are loaded.
+template <class V, int R, int C, class S>
+SDPA_ALWAYS_INLINE void rank1_update(const float* column, Index stride, const S* row, V (&acc)[R][C]) {
   V loaded[C];
   SDPA_UNROLL
   for (int c = 0; c < C; ++c) loaded[c] = V::load(row + c * V::width);
@@ -100,8 +101,8 @@ SDPA_ALWAYS_INLINE void score_softmax_block(const float* q, Index dk, const floa
 }
 
 // acc (R, C W) = rescale * acc + p (R, keys) v (keys, C W): v rows at stride v_ld.
-template <class V, int R, int C>
-SDPA_ALWAYS_INLINE void value_block(const float* p, Index p_ld, Index keys, const float* v, Index v_ld,
+template <class V, int R, int C, class S>
+SDPA_ALWAYS_INLINE void value_block(const float* p, Index p_ld, Index keys, const S* v, Index v_ld,
                                     const float* rescale, float* acc, Index acc_ld) {
   V out[R][C];
   SDPA_UNROLL
@@ -119,8 +120,8 @@ SDPA_ALWAYS_INLINE void value_block(const float* p, Index p_ld, Index keys, cons
 
 // acc (rows, vectors W) = rescale * acc + p (rows, keys) v (keys, vectors W), v rows at stride
 // v_ld, in register blocks of R rows x C vectors (remainders get blocks of their own size).
-template <class V, int R, int C>
-void accumulate_tile(const float* p, Index rows, Index p_ld, Index keys, const float* v, Index v_ld, Index vectors,
+template <class V, int R, int C, class S>
+void accumulate_tile(const float* p, Index rows, Index p_ld, Index keys, const S* v, Index v_ld, Index vectors,
                      const float* rescale, float* acc, Index acc_ld) {
   const auto columns = [&](Index col, auto width) {
     for (Index r0 = 0; r0 < rows; r0 += R)
@@ -136,10 +137,13 @@ void accumulate_tile(const float* p, Index rows, Index p_ld, Index keys, const f
 
 }  // namespace microkernels
 
-template <class Arch>
+/// `S`: the element type of K and V (float, Eigen::half or Eigen::bfloat16), converted to
+/// float as they are packed.
+template <class Arch, class S = float>
 class SimdTiles {
  public:
   using Vec = simd::Vec<float, Arch>;
+  using Storage = S;
   static constexpr int W = Vec::width;
   static constexpr int R = RegisterBlock<Arch>::rows;
   static constexpr int C = RegisterBlock<Arch>::vectors;
@@ -152,32 +156,37 @@ class SimdTiles {
   /// [tokens, heads d] buffer (2-4 KiB apart) all land in the same few L1 sets and evict each
   /// other within a tile; the copy, one pass over V, measured 15-18% faster on AVX-512 and 5%
   /// on AVX2 at N = 2048, 8 heads side by side (docs/design.md, "Kernel structure").
-  static bool copies_v(MatrixView<const float> v) { return round_up(v.cols, W) != v.cols || v.row_stride != v.cols; }
+  /// A 16-bit V is always copied, converted to float once rather than at every use.
+  static bool copies_v(MatrixView<const S> v) {
+    return !std::is_same_v<S, float> || round_up(v.cols, W) != v.cols || v.row_stride != v.cols;
+  }
 
   /// Floats of packing buffer the constructor needs: K^T panels (tiles, d_k, padded Bk), and
   /// the copy of V when copies_v.
-  static Index packed_size(MatrixView<const float> k, MatrixView<const float> v, const BlockConfig& blocks) {
+  static Index packed_size(MatrixView<const S> k, MatrixView<const S> v, const BlockConfig& blocks) {
     const Index tiles = (k.rows + blocks.key_rows - 1) / blocks.key_rows;
     return tiles * k.cols * round_up(blocks.key_rows, key_multiple) + (copies_v(v) ? v.rows * round_up(v.cols, W) : 0);
   }
 
   /// Lays out K^T panels (and a padded V when needed) in `packed` (packed_size floats, which
   /// must outlive this); pack() fills them.
-  SimdTiles(MatrixView<const float> k, MatrixView<const float> v, const BlockConfig& blocks, float* packed)
+  SimdTiles(MatrixView<const S> k, MatrixView<const S> v, const BlockConfig& blocks, float* packed)
       : dk_(k.cols), key_rows_(blocks.key_rows), panel_ld_(round_up(blocks.key_rows, key_multiple)),
-        acc_ld_(round_up(v.cols, W)), v_(v), packed_k_(packed) {
+        acc_ld_(round_up(v.cols, W)), packed_k_(packed) {
     if (copies_v(v)) {  // V is read from a zero-padded copy (Nk, acc_ld) after the panels
       const Index tiles = (k.rows + key_rows_ - 1) / key_rows_;
       v_ = MatrixView<const float>(packed + tiles * dk_ * panel_ld_, v.rows, acc_ld_, acc_ld_);
+    } else if constexpr (std::is_same_v<S, float>) {
+      v_ = v;
     }
   }
 
   /// Key tiles that pack() lays out (threads may pack different ones at once).
-  Index pack_tiles(MatrixView<const float> k) const { return (k.rows + key_rows_ - 1) / key_rows_; }
+  Index pack_tiles(MatrixView<const S> k) const { return (k.rows + key_rows_ - 1) / key_rows_; }
 
   /// Copies key tiles [first, end) of K (and their rows of V when copies_v) into the packed
   /// layout: once per call, before any tile is computed.
-  void pack(MatrixView<const float> k, MatrixView<const float> v, Index first, Index end) const {
+  void pack(MatrixView<const S> k, MatrixView<const S> v, Index first, Index end) const {
     const Index nk = k.rows;
     for (Index t = first; t < end; ++t) {
       // K^T panel t, zero-padded: (d_k, panel_ld)
@@ -185,13 +194,13 @@ class SimdTiles {
       const Index j0 = t * key_rows_, keys = std::min(key_rows_, nk - j0);
       for (Index e = 0; e < dk_; ++e) std::fill(panel + e * panel_ld_ + keys, panel + (e + 1) * panel_ld_, 0.0f);
       for (Index c = 0; c < keys; ++c) {
-        const float* k_row = k.row(j0 + c);
-        for (Index e = 0; e < dk_; ++e) panel[e * panel_ld_ + c] = k_row[e];
+        const S* k_row = k.row(j0 + c);
+        for (Index e = 0; e < dk_; ++e) panel[e * panel_ld_ + c] = float(k_row[e]);
       }
-      if (v_.data == v.data) continue;
+      if (!copies_v(v)) continue;
       float* values = const_cast<float*>(v_.data);
       for (Index j = j0; j < j0 + keys; ++j) {
-        std::copy(v.row(j), v.row(j) + v.cols, values + j * acc_ld_);
+        std::transform(v.row(j), v.row(j) + v.cols, values + j * acc_ld_, [](S x) { return float(x); });
         std::fill(values + j * acc_ld_ + v.cols, values + (j + 1) * acc_ld_, 0.0f);
       }
     }
@@ -240,23 +249,29 @@ class SimdTiles {
 /// row, with no packing. Packing K^T costs a pass over K per call, as much as the whole of one
 /// query's attention; here each key row is loaded once and dotted with every query row
 /// (vectorised along d, then summed across lanes), which leaves decoding bound by memory.
-/// Needs d_k and d_v to be multiples of the vector width.
-template <class Arch>
+/// Needs d_k and d_v to be multiples of the vector width. K and V of type `S` (float,
+/// Eigen::half or Eigen::bfloat16) are widened to float in registers as they are loaded: a
+/// 16-bit cache is read in its own bytes, half those of a float one, and never converted into
+/// a buffer.
+template <class Arch, class S = float>
 class RowTiles {
  public:
   using Vec = simd::Vec<float, Arch>;
+  using Storage = S;
   static constexpr int W = Vec::width;
   static constexpr Index key_multiple = W;  // score rows padded to whole vectors
   static constexpr Index max_rows = kDecodeRows;
   static constexpr Index row_multiple = max_rows;  // all the query rows in one tile: K is read once
 
   /// When this beats packing (measured: see README, decoding).
-  static bool fits(Index nq, Index dk, Index dv) { return nq <= max_rows && dk % W == 0 && dv % W == 0; }
-  static Index packed_size(MatrixView<const float>, MatrixView<const float>, const BlockConfig&) { return 0; }
+  static bool fits(Index nq, Index dk, Index dv) { return nq <= max_rows && fits_widths(dk, dv); }
+  /// Whether the head dims allow these microkernels at all (whole vectors).
+  static bool fits_widths(Index dk, Index dv) { return dk % W == 0 && dv % W == 0; }
+  static Index packed_size(MatrixView<const S>, MatrixView<const S>, const BlockConfig&) { return 0; }
 
-  RowTiles(MatrixView<const float> k, MatrixView<const float> v, const BlockConfig&, float*) : k_(k), v_(v) {}
-  Index pack_tiles(MatrixView<const float>) const { return 0; }  // reads K and V in place
-  void pack(MatrixView<const float>, MatrixView<const float>, Index, Index) const {}
+  RowTiles(MatrixView<const S> k, MatrixView<const S> v, const BlockConfig&, float*) : k_(k), v_(v) {}
+  Index pack_tiles(MatrixView<const S>) const { return 0; }  // reads K and V in place
+  void pack(MatrixView<const S>, MatrixView<const S>, Index, Index) const {}
 
   Index accumulator_cols() const { return v_.cols; }
   Vec exp2(Vec x) const { return exp2_no_overflow(x); }
@@ -267,7 +282,7 @@ class RowTiles {
   void scores(const float* q_tile, Index rows, Index j0, Index keys, float* s, Index ld) const {
     const Index dk = k_.cols;
     for (Index c = 0; c < keys; ++c) {
-      const float* k_row = k_.row(j0 + c);
+      const S* k_row = k_.row(j0 + c);
       for (Index r = 0; r < rows; ++r) {
         Vec dot = Vec::zero();
         for (Index e = 0; e < dk; e += W) dot = fma(Vec::load(q_tile + r * dk + e), Vec::load(k_row + e), dot);
@@ -283,16 +298,16 @@ class RowTiles {
   }
 
  private:
-  MatrixView<const float> k_, v_;
+  MatrixView<const S> k_, v_;
 };
 
-/// out = softmax(scale Q K^T + mask) V with this target's vector microkernels. Inputs already
-/// validated.
-inline void simd_attention(MatrixView<const float> q, MatrixView<const float> k, MatrixView<const float> v,
-                    MatrixView<float> out, double scale, const detail::HeadMasks& masks, const Options& options,
-                    float* lse = nullptr) {
-  if (RowTiles<Arch>::fits(q.rows, q.cols, v.cols))
-    return tiled_attention<RowTiles<Arch>>(q, k, v, out, lse, scale, masks, options);
-  tiled_attention<SimdTiles<Arch>>(q, k, v, out, lse, scale, masks, options);
+/// out = softmax(scale Q K^T + mask) V with this target's vector microkernels, for float or
+/// 16-bit storage (computed in float). Inputs already validated.
+template <class Q, class S, class O>
+void simd_attention(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<O> out,
+                    double scale, const detail::HeadMasks& masks, const Options& options, float* lse = nullptr) {
+  if (RowTiles<Arch, S>::fits(q.rows, q.cols, v.cols))
+    return tiled_attention<RowTiles<Arch, S>>(q, k, v, out, lse, scale, masks, options);
+  tiled_attention<SimdTiles<Arch, S>>(q, k, v, out, lse, scale, masks, options);
 }
 

@@ -29,11 +29,15 @@
 ///       scores and their online-softmax step in one pass over an unmasked tile, returning
 ///       false when it cannot take this tile (then scores + absorb run instead).
 
-/// One head's attention, split into query tiles that threads run independently.
-template <class Micro, class T>
+/// One head's attention, split into query tiles that threads run independently. Q holds
+/// elements of type `Q`, K and V of Micro::Storage, the output of `O`; everything in between
+/// is computed in T, the Micro's vector element type (float for every 16-bit storage type).
+template <class Micro, class Q, class O>
 class TiledHead {
  public:
   using V = typename Micro::Vec;
+  using T = typename V::value_type;
+  using S = typename Micro::Storage;
   static constexpr T kLog2e = T(1.442695040888963407359924681001892137L);
   /// Keys folded into one partial sum before it joins the row's total (rounded to whole key
   /// tiles): a float sum of 2^24 ones stops growing, so without this a row of 2^25 equal keys
@@ -43,7 +47,7 @@ class TiledHead {
 
   /// `lse`, when not null, receives each row's natural log-sum-exp of its scaled, biased
   /// scores (-inf for a fully masked row).
-  TiledHead(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out, T* lse,
+  TiledHead(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<O> out, T* lse,
             double scale, const detail::HeadMasks& masks, const Micro& micro, const BlockConfig& blocks)
       : q_(q), k_(k), v_(v), out_(out), lse_(lse), nk_(k.rows), scale_(scale), micro_(micro), blocks_(blocks),
         mask_(masks, q.rows, k.rows, kLog2e), natural_mask_(masks, q.rows, k.rows, T(1)),
@@ -67,8 +71,8 @@ class TiledHead {
     const Index i0 = tile * bq, n_rows = std::min(bq, nq - i0);
     Index keys_end = 0, keys_unmasked = nk_;  // some row sees keys < keys_end; every row, keys < keys_unmasked
     for (Index r = 0; r < n_rows; ++r) {
-      const T* q_row = q_.row(i0 + r);
-      for (Index c = 0; c < dk; ++c) q_tile[r * dk + c] = q_row[c] * query_scale_;
+      const Q* q_row = q_.row(i0 + r);
+      for (Index c = 0; c < dk; ++c) q_tile[r * dk + c] = T(q_row[c]) * query_scale_;
       std::fill(acc + r * acc_ld_, acc + (r + 1) * acc_ld_, T(0));
       rows[r] = {};
       keys_end = std::max(keys_end, mask_.key_end(i0 + r));
@@ -141,27 +145,31 @@ class TiledHead {
   /// (no visible key, a NaN or Inf score, a value that overflowed the accumulator) is
   /// computed again by the reference path, whose rules for those cases every path follows
   /// (README, "NaN, Inf and out-of-range input"): this costs nothing on ordinary rows.
+  /// (A 16-bit output is rounded here, once.)
   void finish_row(Index i, RowTotal total, const T* row_acc) const {
-    T* out_row = out_.row(i);
+    O* out_row = out_.row(i);
     const T normaliser = T(1) / total.sum;
     bool finite = total.sum > T(0) && std::isfinite(normaliser);
     for (Index c = 0; c < out_.cols && finite; ++c) {
-      out_row[c] = row_acc[c] * normaliser;
-      finite = std::isfinite(out_row[c]);
+      const T value = row_acc[c] * normaliser;
+      out_row[c] = O(value);
+      finite = std::isfinite(value);
     }
     if (finite) {
       if (lse_) lse_[i] = (total.max + std::log2(total.sum)) / kLog2e;
       return;
     }
-    T* p = detail::thread_scratch<T, detail::Slot::ReferenceRow>(nk_);
+    T* p = detail::thread_scratch<T, detail::Slot::ReferenceRow>(nk_ + out_.cols);  // weights, then the row
     T lse;
     reference_row_weights(q_, k_, i, scale_, natural_mask_, p, &lse);
-    reference_blend(p, v_, out_row);
+    reference_blend(p, v_, p + nk_);
+    std::transform(p + nk_, p + nk_ + out_.cols, out_row, [](T x) { return O(x); });
     if (lse_) lse_[i] = lse;
   }
 
-  MatrixView<const T> q_, k_, v_;
-  MatrixView<T> out_;
+  MatrixView<const Q> q_;
+  MatrixView<const S> k_, v_;
+  MatrixView<O> out_;
   T* lse_;
   Index nk_;
   double scale_;
@@ -173,9 +181,13 @@ class TiledHead {
 };
 
 /// One head: out = softmax(scale Q K^T + masks) V, and each row's LSE when `lse` is not null.
-template <class Micro, class T>
-void tiled_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<const T> v, MatrixView<T> out, T* lse,
-                     double scale, const detail::HeadMasks& masks, const Options& options) {
+template <class Micro, class Q, class O>
+void tiled_attention(MatrixView<const Q> q, MatrixView<const typename Micro::Storage> k,
+                     MatrixView<const typename Micro::Storage> v, MatrixView<O> out,
+                     typename Micro::Vec::value_type* lse, double scale, const detail::HeadMasks& masks,
+                     const Options& options) {
+  using T = typename Micro::Vec::value_type;
+  using S = typename Micro::Storage;
   const Index nq = q.rows, nk = k.rows, dk = q.cols, dv = v.cols;
   const BlockConfig blocks =
       choose_blocks(options.blocks, nq, nk, dk, dv, Index(sizeof(T)), Micro::key_multiple, Micro::row_multiple);
@@ -185,7 +197,7 @@ void tiled_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<co
     const detail::ScratchLease<T, detail::Slot::Packed> packed(Micro::packed_size(k, v, blocks));
     const Micro micro(k, v, blocks, packed.data());
     detail::parallel_for(micro.pack_tiles(k), options, [&](Index first, Index end) { micro.pack(k, v, first, end); });
-    const TiledHead<Micro, T> head(q, k, v, out, lse, scale, masks, micro, blocks);
+    const TiledHead<Micro, Q, O> head(q, k, v, out, lse, scale, masks, micro, blocks);
     detail::parallel_for(head.tiles(), options, [&](Index first, Index end) {
       for (Index tile = first; tile < end; ++tile) head.run_tile(tile);
     });
@@ -213,34 +225,33 @@ void tiled_attention(MatrixView<const T> q, MatrixView<const T> k, MatrixView<co
       const detail::HeadMasks piece_masks{false, lengths + piece * nq, nq,
                                           masks.mask.empty() ? masks.mask : masks.mask.middle_cols(j0, n),
                                           masks.bias.empty() ? masks.bias : masks.bias.middle_cols(j0, n)};
-      const MatrixView<const T> k_piece = k.middle_rows(j0, n), v_piece = v.middle_rows(j0, n);
+      const MatrixView<const S> k_piece = k.middle_rows(j0, n), v_piece = v.middle_rows(j0, n);
       T* packed = detail::thread_scratch<T, detail::Slot::ChunkPacked>(Micro::packed_size(k_piece, v_piece, blocks));
       const Micro micro(k_piece, v_piece, blocks, packed);
       micro.pack(k_piece, v_piece, 0, micro.pack_tiles(k_piece));
       const MatrixView<T> piece_out(partial_out + piece * nq * dv, nq, dv, dv);
-      const TiledHead<Micro, T> head(q, k_piece, v_piece, piece_out, partial_lse + piece * nq, scale, piece_masks, micro,
-                                     blocks);
+      const TiledHead<Micro, Q, T> head(q, k_piece, v_piece, piece_out, partial_lse + piece * nq, scale, piece_masks,
+                                        micro, blocks);
       head.run_tile(tile);
     }
   });
-  // Merge the pieces in key order (the same order whatever ran them).
-  T* lse_out = lse ? lse : partial_lse;  // without a caller's LSE, piece 0's slot collects it
-  for (Index i = 0; i < nq; ++i) {
-    std::copy(partial_out + i * dv, partial_out + (i + 1) * dv, out.row(i));
-    lse_out[i] = partial_lse[i];
-  }
+  // Merge the pieces in key order (the same order whatever ran them), into piece 0's slots.
+  const MatrixView<T> merged(partial_out, nq, dv, dv);
   for (Index piece = 1; piece < pieces; ++piece)
-    merge_partial(out, lse_out, MatrixView<const T>(partial_out + piece * nq * dv, nq, dv, dv),
+    merge_partial(merged, partial_lse, MatrixView<const T>(partial_out + piece * nq * dv, nq, dv, dv),
                   partial_lse + piece * nq);
   // As in TiledHead::finish_row: a row that came out non-finite is redone by the reference,
   // over all its keys at once (a piece cannot tell that a NaN value it saw has weight 0 in
-  // the whole row).
+  // the whole row). Then each row is stored, rounded once to O.
   for (Index i = 0; i < nq; ++i) {
-    T* row = out.row(i);
-    if (std::all_of(row, row + dv, [](T x) { return std::isfinite(x); })) continue;
-    T* p = detail::thread_scratch<T, detail::Slot::ReferenceRow>(nk);
-    reference_row_weights(q, k, i, scale, full, p, lse_out + i);
-    reference_blend(p, v, row);
+    T* row = merged.row(i);
+    if (!std::all_of(row, row + dv, [](T x) { return std::isfinite(x); })) {
+      T* p = detail::thread_scratch<T, detail::Slot::ReferenceRow>(nk);
+      reference_row_weights(q, k, i, scale, full, p, partial_lse + i);
+      reference_blend(p, v, row);
+    }
+    std::transform(row, row + dv, out.row(i), [](T x) { return O(x); });
+    if (lse) lse[i] = partial_lse[i];
   }
 }
 

@@ -16,6 +16,13 @@ struct Vec<float, avx2> {
   __m256 v;
 
   static SDPA_ALWAYS_INLINE Vec load(const float* p) { return {_mm256_loadu_ps(p)}; }
+  static SDPA_ALWAYS_INLINE Vec load(const Eigen::half* p) {  // vcvtph2ps (F16C)
+    return {_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)))};
+  }
+  static SDPA_ALWAYS_INLINE Vec load(const Eigen::bfloat16* p) {  // bf16 is a float's top half: shift it up
+    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return {_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))};
+  }
   static SDPA_ALWAYS_INLINE Vec broadcast(float x) { return {_mm256_set1_ps(x)}; }
   static SDPA_ALWAYS_INLINE Vec zero() { return {_mm256_setzero_ps()}; }
   SDPA_ALWAYS_INLINE void store(float* p) const { _mm256_storeu_ps(p, v); }

@@ -16,6 +16,13 @@ struct Vec<float, avx512> {
   __m512 v;
 
   static SDPA_ALWAYS_INLINE Vec load(const float* p) { return {_mm512_loadu_ps(p)}; }
+  static SDPA_ALWAYS_INLINE Vec load(const Eigen::half* p) {  // vcvtph2ps (AVX-512F)
+    return {_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)))};
+  }
+  static SDPA_ALWAYS_INLINE Vec load(const Eigen::bfloat16* p) {  // bf16 is a float's top half: shift it up
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return {_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16))};
+  }
   static SDPA_ALWAYS_INLINE Vec broadcast(float x) { return {_mm512_set1_ps(x)}; }
   static SDPA_ALWAYS_INLINE Vec zero() { return {_mm512_setzero_ps()}; }
   SDPA_ALWAYS_INLINE void store(float* p) const { _mm512_storeu_ps(p, v); }

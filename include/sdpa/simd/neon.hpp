@@ -6,6 +6,8 @@
 #if SDPA_TARGET_NEON
 #include <arm_neon.h>
 
+#include <cstdint>
+
 SDPA_BEGIN_NAMESPACE
 namespace simd {
 
@@ -16,6 +18,12 @@ struct Vec<float, neon> {
   float32x4_t v;
 
   static SDPA_ALWAYS_INLINE Vec load(const float* p) { return {vld1q_f32(p)}; }
+  static SDPA_ALWAYS_INLINE Vec load(const Eigen::half* p) {  // fcvtl
+    return {vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(reinterpret_cast<const std::uint16_t*>(p))))};
+  }
+  static SDPA_ALWAYS_INLINE Vec load(const Eigen::bfloat16* p) {  // bf16 is a float's top half: shift it up
+    return {vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(reinterpret_cast<const std::uint16_t*>(p)), 16))};
+  }
   static SDPA_ALWAYS_INLINE Vec broadcast(float x) { return {vdupq_n_f32(x)}; }
   static SDPA_ALWAYS_INLINE Vec zero() { return {vdupq_n_f32(0.0f)}; }
   SDPA_ALWAYS_INLINE void store(float* p) const { vst1q_f32(p, v); }

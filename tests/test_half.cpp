@@ -1,0 +1,283 @@
+// 16-bit storage (Eigen::half, Eigen::bfloat16): every path, mask kind and decode shape
+// against the long-double reference on the same rounded inputs; the tiled paths bit for bit
+// against the float path on the widened inputs; grouped-query decoding at every group size;
+// scores beyond fp16's range; a 16-bit KVCache under a float layer.
+#include "catch.hpp"
+#include "support.hpp"
+
+using namespace sdpa_test;
+using sdpa::Index;
+using sdpa::TensorView;
+using bf16 = Eigen::bfloat16;
+using fp16 = Eigen::half;
+
+namespace {
+
+template <class S>
+const char* type_name() {
+  if constexpr (std::is_same_v<S, bf16>) return "bf16";
+  if constexpr (std::is_same_v<S, fp16>) return "fp16";
+  return "float";
+}
+
+/// Random values in [lo, hi), rounded to S: the inputs both the library and the reference see.
+template <class S>
+Matrix<S> random_rounded(Index rows, Index cols, std::mt19937_64& gen, double lo = -1.0, double hi = 1.0) {
+  return random_matrix<float>(rows, cols, gen, lo, hi).template cast<S>();
+}
+
+template <class S>
+Matrix<float> widened(const Matrix<S>& m) {
+  return m.template cast<float>();
+}
+
+/// The largest error of a result stored as O, computed in float: the float path's tolerance
+/// (support.hpp), then one rounding to O, which is off by at most O's unit roundoff u (2^-8 for
+/// bf16, 2^-11 for fp16) times the float result, or half O's smallest subnormal spacing near 0:
+///     |round(x) - exact| <= |x - exact| + u |x| <= tol + u (|exact| + tol).
+/// (The constants are written out: Eigen 3.4's numeric_limits<Eigen::half>::epsilon() is 2^-13,
+/// not fp16's 2^-10.)
+template <class O>
+Wide stored_tolerance(Wide float_tolerance, Wide exact) {
+  if constexpr (std::is_same_v<O, float>) return float_tolerance;
+  constexpr bool bf = std::is_same_v<O, bf16>;
+  const Wide u = std::ldexp(Wide(1), bf ? -8 : -11);       // 8 and 11 significant bits
+  const Wide tiny = std::ldexp(Wide(1), bf ? -134 : -25);  // half the smallest subnormal
+  return float_tolerance + u * (std::fabs(exact) + float_tolerance) + tiny;
+}
+
+/// Checks a result of type O against the reference on the rounded inputs.
+template <class O>
+void check_stored(const Matrix<O>& got, const Expected& e, Index nk, Index dk, const std::string& what) {
+  REQUIRE(got.rows() == e.out.rows());
+  REQUIRE(got.cols() == e.out.cols());
+  Wide worst = 0;
+  Index wi = 0, wc = 0;
+  bool finite = true;
+  for (Index i = 0; i < got.rows(); ++i)
+    for (Index c = 0; c < got.cols(); ++c) {
+      const Wide value = Wide(float(got(i, c)));
+      finite = finite && std::isfinite(double(value));
+      const Wide ratio = std::fabs(value - e.out(i, c)) / stored_tolerance<O>(tolerance<float>(e, i, nk, dk), e.out(i, c));
+      if (!(ratio <= worst)) worst = ratio, wi = i, wc = c;
+    }
+  INFO(what << ": worst element (" << wi << ", " << wc << ") got " << float(got(wi, wc)) << " expected "
+            << double(e.out(wi, wc)) << ", error/tolerance = " << double(worst));
+  CHECK(finite);
+  CHECK(worst <= 1);
+}
+
+struct Shape {
+  Index nq, nk, d;
+};
+
+// Prefill (packed microkernels), a d that is no multiple of any vector width (padded copies),
+// decoding rows (the in-place microkernels) and a decode long enough to split its keys.
+const Shape kShapes[] = {{70, 83, 64}, {33, 40, 20}, {1, 300, 32}, {3, 129, 64}, {2, 1500, 64}};
+
+std::vector<MaskSpec> mask_kinds(Index nq, Index nk, std::mt19937_64& gen) {
+  std::vector<MaskSpec> kinds(5);
+  kinds[1].causal = true;
+  kinds[2].allowed = Matrix<bool>(nq, nk);
+  std::bernoulli_distribution keep(0.7);
+  for (Index i = 0; i < kinds[2].allowed.size(); ++i) kinds[2].allowed.data()[i] = keep(gen);
+  kinds[3].bias = random_matrix<double>(1, nk, gen, -2.0, 2.0);
+  kinds[3].causal = true;
+  kinds[4].lengths = {std::max<Index>(0, nk - 7)};
+  return kinds;
+}
+
+template <class Q, class S>
+void check_every_path() {
+  auto gen = rng(std::hash<std::string>{}(std::string(type_name<Q>()) + type_name<S>()));
+  for (const Shape& shape : kShapes) {
+    const Matrix<Q> q = random_rounded<Q>(shape.nq, shape.d, gen);
+    const Matrix<S> k = random_rounded<S>(shape.nk, shape.d, gen), v = random_rounded<S>(shape.nk, shape.d, gen);
+    const Matrix<float> qf = widened(q), kf = widened(k), vf = widened(v);
+    const std::vector<MaskSpec> kinds = mask_kinds(shape.nq, shape.nk, gen);
+    for (std::size_t m = 0; m < kinds.size(); ++m) {
+      const Expected e = reference(qf, kf, vf, 1.0 / std::sqrt(double(shape.d)), kinds[m]);
+      for (const sdpa::Kernel kernel : all_kernels()) {
+        CAPTURE(type_name<Q>(), type_name<S>(), shape.nq, shape.nk, shape.d, m, name(kernel));
+        const sdpa::Options options = kinds[m].options(kernel);
+        const Matrix<Q> got = sdpa::attention(q, k, v, options);
+        check_stored(got, e, shape.nk, shape.d, name(kernel));
+        // The Simd path computes a 16-bit call exactly as the float call on the widened inputs,
+        // then rounds once: the same bits. (Blocked's plain loops are not held to this: the
+        // compiler may fuse a * b + c differently in each instantiation.)
+        if (kernel == sdpa::Kernel::Simd) {
+          const Matrix<Q> from_float = sdpa::attention(qf, kf, vf, options).template cast<Q>();
+          CHECK(got == from_float);
+        }
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("16-bit storage matches the reference on the rounded inputs on every path and mask", "[half]") {
+  check_every_path<bf16, bf16>();
+  check_every_path<fp16, fp16>();
+  check_every_path<float, bf16>();
+  check_every_path<float, fp16>();
+  check_every_path<bf16, fp16>();
+}
+
+TEST_CASE("16-bit attention_into writes float LSEs that merge two halves of the keys", "[half]") {
+  auto gen = rng(11);
+  const Index nq = 5, nk = 700, d = 32;
+  const Matrix<bf16> q = random_rounded<bf16>(nq, d, gen), k = random_rounded<bf16>(nk, d, gen),
+                     v = random_rounded<bf16>(nk, d, gen);
+  const Expected e = reference(widened(q), widened(k), widened(v), 1.0 / std::sqrt(double(d)), MaskSpec{});
+  Matrix<bf16> a(nq, d), b(nq, d);
+  sdpa::Vector<float> lse_a(nq), lse_b(nq);
+  sdpa::attention_into(q, k.topRows(300), v.topRows(300), a, lse_a);
+  sdpa::attention_into(q, k.bottomRows(400), v.bottomRows(400), b, lse_b);
+  sdpa::merge_attention(a, lse_a, b, lse_b);
+  for (Index i = 0; i < nq; ++i) CHECK(std::fabs(Wide(lse_a(i)) - e.lse[std::size_t(i)]) <= 1e-5L);
+  // Each part and the merge round to bf16 once: three roundings, so three units' worth.
+  for (Index i = 0; i < nq; ++i)
+    for (Index c = 0; c < d; ++c) {
+      const Wide exact = e.out(i, c), tol = stored_tolerance<bf16>(tolerance<float>(e, i, nk, d), exact);
+      CHECK(std::fabs(Wide(float(a(i, c))) - exact) <= 3 * tol);
+    }
+}
+
+TEST_CASE("scores beyond fp16's range are computed in float and never become inf", "[half]") {
+  auto gen = rng(12);
+  const Index nq = 6, nk = 50, d = 64;
+  // |q . k| reaches 64 * 250^2 = 4e6 and the scaled scores 5e5, far past fp16's 65504.
+  const Matrix<fp16> q = random_rounded<fp16>(nq, d, gen, 100.0, 250.0), k = random_rounded<fp16>(nk, d, gen, 100.0, 250.0),
+                     v = random_rounded<fp16>(nk, d, gen);
+  const Expected e = reference(widened(q), widened(k), widened(v), 1.0 / std::sqrt(double(d)), MaskSpec{});
+  REQUIRE(e.score_magnitude[0] > 65504);
+  for (const sdpa::Kernel kernel : all_kernels()) {
+    CAPTURE(name(kernel));
+    check_stored(sdpa::attention(q, k, v, MaskSpec{}.options(kernel)), e, nk, d, name(kernel));
+  }
+}
+
+namespace {
+
+/// Grouped-query decoding of `tokens` new tokens per head: H query heads over H / group
+/// key/value heads of a 16-bit (or float) cache, against the reference head by head.
+template <class S>
+void check_grouped_decoding(Index group, Index tokens, bool causal, bool padded) {
+  auto gen = rng(Index(100 * group + 10 * tokens) + causal + 2 * padded);
+  const Index B = 2, Hkv = 2, H = Hkv * group, N = 600, d = 32;
+  std::vector<float> qs(std::size_t(B * H * tokens * d));
+  std::vector<S> ks(std::size_t(B * Hkv * N * d)), vs(ks.size());
+  std::uniform_real_distribution<float> dist(-1, 1);
+  for (float& x : qs) x = dist(gen);
+  for (S& x : ks) x = S(dist(gen));
+  for (S& x : vs) x = S(dist(gen));
+  std::vector<float> os(qs.size());
+  const auto q = TensorView<const float>::bnhd(qs.data(), B, tokens, H, d);  // the layout a projection gives
+  const auto k = TensorView<const S>::bhnd(ks.data(), B, Hkv, N, d), v = TensorView<const S>::bhnd(vs.data(), B, Hkv, N, d);
+  const auto o = TensorView<float>::bnhd(os.data(), B, tokens, H, d);
+  sdpa::Options options;
+  options.causal = causal;
+  if (padded) options.sequence_lengths = {N - 37, N};
+  sdpa::attention(q, k, v, o, options);
+  for (Index b = 0; b < B; ++b)
+    for (Index h = 0; h < H; ++h) {
+      CAPTURE(type_name<S>(), group, tokens, causal, padded, b, h);
+      const auto to_matrix = [](const auto& view) {
+        Matrix<float> m(view.rows, view.cols);
+        for (Index i = 0; i < view.rows; ++i)
+          for (Index c = 0; c < view.cols; ++c) m(i, c) = float(view(i, c));
+        return m;
+      };
+      MaskSpec mask;
+      mask.causal = causal;
+      if (padded) mask.lengths = {options.sequence_lengths[std::size_t(b)]};
+      const Expected e = reference(to_matrix(q.head(b, h)), to_matrix(k.head(b, h / group)),
+                                   to_matrix(v.head(b, h / group)), 1.0 / std::sqrt(double(d)), mask);
+      check_attention(to_matrix(o.head(b, h)), e, N, d, "grouped decoding");
+    }
+}
+
+}  // namespace
+
+TEST_CASE("grouped-query decoding reads each kv head once for any group size and a few tokens", "[half]") {
+  for (const Index group : {1, 2, 3, 4, 5, 8, 16})
+    for (const Index tokens : {1, 2, 4})
+      for (const bool causal : {false, true}) {
+        check_grouped_decoding<float>(group, tokens, causal, group == 8);
+        check_grouped_decoding<bf16>(group, tokens, causal, group == 5);
+      }
+  check_grouped_decoding<fp16>(16, 1, true, true);
+  check_grouped_decoding<fp16>(7, 3, true, false);
+}
+
+namespace {
+
+template <class C>
+Matrix<float> cached(const sdpa::MatrixView<const C>& view) {
+  Matrix<float> m(view.rows, view.cols);
+  for (Index i = 0; i < view.rows; ++i)
+    for (Index c = 0; c < view.cols; ++c) m(i, c) = float(view(i, c));
+  return m;
+}
+
+/// A float layer over a 16-bit cache, fed a prompt and then one token per step: the cache holds
+/// each projection rounded once, and every step's output is attention over what it holds.
+template <class C>
+void check_cache_steps() {
+  const Index d_model = 64, heads = 8, kv_heads = 2, dk = d_model / heads, group = heads / kv_heads;
+  const auto layer = sdpa::SelfAttention<float>::random(d_model, heads, 5, true, false, kv_heads);  // no Wo
+  const auto& w = layer.weights();
+  auto gen = rng(13);
+  const Matrix<float> X = random_matrix<float>(9, d_model, gen);
+  sdpa::KVCache<C> cache(1, kv_heads, dk, dk, 16);
+  Matrix<float> outputs(X.rows(), heads * dk), queries(X.rows(), heads * dk), keys(X.rows(), kv_heads * dk);
+  const auto feed = [&](Index first, Index count) {
+    const Matrix<float> x = X.middleRows(first, count);
+    outputs.middleRows(first, count) = layer.step(x, cache);
+    queries.middleRows(first, count) = sdpa::project(x, w.Wq, w.bq);  // the layer's own products
+    keys.middleRows(first, count) = sdpa::project(x, w.Wk, w.bk);
+  };
+  feed(0, 5);
+  for (Index t = 5; t < X.rows(); ++t) feed(t, 1);
+  for (Index kv = 0; kv < kv_heads; ++kv)  // rounded once, to nearest
+    CHECK(cached(cache.keys(0, kv)) == keys.middleCols(kv * dk, dk).template cast<C>().template cast<float>());
+  for (Index h = 0; h < heads; ++h) {
+    CAPTURE(type_name<C>(), h);
+    MaskSpec mask;
+    mask.causal = true;
+    const Expected e = reference(Matrix<float>(queries.middleCols(h * dk, dk)), cached(cache.keys(0, h / group)),
+                                 cached(cache.values(0, h / group)), 1.0 / std::sqrt(double(dk)), mask);
+    check_attention(Matrix<float>(outputs.middleCols(h * dk, dk)), e, X.rows(), dk, "KVCache step");
+  }
+}
+
+}  // namespace
+
+TEST_CASE("a 16-bit KVCache under a float layer: each step attends over the rounded cache", "[half]") {
+  check_cache_steps<bf16>();
+  check_cache_steps<fp16>();
+}
+
+TEST_CASE("SelfAttention<bfloat16> projects in float, rounds once and attends in float", "[half]") {
+  const Index d_model = 32, heads = 4, dk = d_model / heads;
+  auto gen = rng(14);
+  const auto layer = sdpa::SelfAttention<bf16>::random(d_model, heads, 3, false, false);
+  const Matrix<bf16> X = random_rounded<bf16>(12, d_model, gen);
+  const Matrix<bf16> Y = layer.forward(X);
+  const auto& w = layer.weights();
+  const Matrix<bf16> Qb = sdpa::project(X, w.Wq), Kb = sdpa::project(X, w.Wk), Vb = sdpa::project(X, w.Wv);
+  // The projection: a float product (gamma(d_model) relative to sum |x| |w|), rounded once.
+  const Matrix<Wide> exact = widened(X).cast<Wide>() * widened(w.Wq).cast<Wide>();
+  const Matrix<Wide> magnitude = widened(X).cwiseAbs().cast<Wide>() * widened(w.Wq).cwiseAbs().cast<Wide>();
+  for (Index i = 0; i < exact.size(); ++i) {
+    const Wide float_error = gamma<float>(d_model) * magnitude.data()[i];
+    CHECK(std::fabs(Wide(float(Qb.data()[i])) - exact.data()[i]) <= stored_tolerance<bf16>(float_error, exact.data()[i]));
+  }
+  for (Index h = 0; h < heads; ++h) {
+    CAPTURE(h);
+    const Expected e = reference(widened(Matrix<bf16>(Qb.middleCols(h * dk, dk))), widened(Matrix<bf16>(Kb.middleCols(h * dk, dk))),
+                                 widened(Matrix<bf16>(Vb.middleCols(h * dk, dk))), 1.0 / std::sqrt(double(dk)), MaskSpec{});
+    check_stored(Matrix<bf16>(Y.middleCols(h * dk, dk)), e, X.rows(), dk, "SelfAttention<bf16>");
+  }
+}
