@@ -15,14 +15,17 @@
 //       [1, 8, n, 64])
 //   decode/per_head/heads:8/n:n/d:64/threads:T             the same work as 8 calls of one head
 //       each (q [1, 1, 1, 64], k and v [1, 1, n, 64]): a baseline for the batched call
+//   decode_cache/C/heads:8/n:n/d:64/threads:T              decode/batched with the cache stored as
+//       C = f32, bf16 or f16 (float queries and output): the bytes a 16-bit cache saves
 //   gqa/kv_heads:K/q_heads:32/prefill/N:1024/d:64/causal:c/threads:T
 //   gqa/kv_heads:K/q_heads:32/decode/n:8192/d:64/threads:T
-//       32 query heads sharing K = 8 key/value heads (grouped-query) or K = 32 (multi-head)
+//       32 query heads sharing K = 2, 4 or 8 key/value heads (grouped-query, groups of 16, 8
+//       and 4) or K = 32 (multi-head); decoding reads each kv head once, so time falls with K
 //
 // Counters:
 //   GFLOPS        prefill: 4 N^2 d per head (causal: 4 d N (N + 1) / 2, the unmasked pairs)
-//   GB/s          decode and stream: bytes of K and V a decode step must read (2 n d 4 per
-//                 key/value head), and the bytes the stream kernels read or write; divide
+//   GB/s          decode and stream: bytes of K and V a decode step must read (2 n d
+//                 sizeof(element) per key/value head), and the bytes the stream kernels read or write; divide
 //                 decode's by stream/read's at the same thread count for the fraction of the
 //                 machine's read bandwidth that decoding reaches
 //   tokens_per_s  decode: iterations per second, one iteration = one decoded token, all heads
@@ -82,7 +85,8 @@ const std::vector<int> kThreads = {1, 2};  // the machine has 2 cores
 // Buffers: page-aligned, filled (first-touched) in parallel at allocation.
 
 struct FreeDeleter {
-  void operator()(float* p) const { std::free(p); }
+  template <class T>
+  void operator()(T* p) const { std::free(p); }
 };
 using Buffer = std::unique_ptr<float[], FreeDeleter>;
 
@@ -296,12 +300,29 @@ constexpr std::size_t kDecodePoolBytes = 256 * kMiB;
 const std::vector<Index> kDecodeTokens = {1024, 2048, 4096, 8192, 16384, 32768};
 constexpr Index kGqaDecodeTokens = 8192;
 
-struct DecodePool {
-  Buffer pool, q, out;  // q and out: one row per query head, at most kGqaQueryHeads
-  static DecodePool& get() {
-    static DecodePool p;
-    if (!p.pool) {
-      p.pool = allocate(kDecodePoolBytes / sizeof(float), 21);
+/// The pool of caches of element type S (float, Eigen::bfloat16, Eigen::half), allocated and
+/// filled on first use: the same bytes for every type, so the same eviction whatever S.
+template <class S>
+const S* decode_pool() {
+  static const std::unique_ptr<S[], FreeDeleter> pool = [] {
+    const std::size_t count = kDecodePoolBytes / sizeof(S);
+    S* p = static_cast<S*>(std::aligned_alloc(4096, kDecodePoolBytes));
+    if (!p) throw std::bad_alloc();
+    const std::int64_t n = std::int64_t(count);
+#if SDPA_HAS_OPENMP
+#pragma omp parallel for schedule(static) num_threads(2)
+#endif
+    for (std::int64_t i = 0; i < n; ++i) p[i] = S(hash_value(21 * 0x9e3779b97f4a7c15ULL + std::uint64_t(i)));
+    return std::unique_ptr<S[], FreeDeleter>(p);
+  }();
+  return pool.get();
+}
+
+struct DecodeRows {
+  Buffer q, out;  // one row per query head, at most kGqaQueryHeads
+  static DecodeRows& get() {
+    static DecodeRows p;
+    if (!p.q) {
       p.q = allocate(std::size_t(kGqaQueryHeads * kHeadDim), 22);
       p.out = allocate(std::size_t(kGqaQueryHeads * kHeadDim), 23);
     }
@@ -309,37 +330,39 @@ struct DecodePool {
   }
 };
 
+template <class S>
 struct DecodeCaches {
-  Index kv_heads, n, d, floats_per_tensor, copies;
-  const float* pool;
-  DecodeCaches(const DecodePool& p, Index kv_heads_, Index n_, Index d_)
-      : kv_heads(kv_heads_), n(n_), d(d_), floats_per_tensor(kv_heads_ * n_ * d_), pool(p.pool.get()) {
-    const Index bytes_per_copy = 2 * floats_per_tensor * Index(sizeof(float));
-    copies = Index(kDecodePoolBytes) / bytes_per_copy;
+  using View = sdpa::TensorView<const S>;
+  Index kv_heads, n, d, elements_per_tensor, copies;
+  const S* pool;
+  DecodeCaches(Index kv_heads_, Index n_, Index d_)
+      : kv_heads(kv_heads_), n(n_), d(d_), elements_per_tensor(kv_heads_ * n_ * d_), pool(decode_pool<S>()) {
+    copies = Index(kDecodePoolBytes) / Index(bytes_per_step());
     if (copies < 2) std::abort();  // the pool is sized for 2 copies of the largest shape
   }
-  ConstView k(Index copy) const { return ConstView::bhnd(pool + 2 * copy * floats_per_tensor, 1, kv_heads, n, d); }
-  ConstView v(Index copy) const {
-    return ConstView::bhnd(pool + (2 * copy + 1) * floats_per_tensor, 1, kv_heads, n, d);
-  }
-  double bytes_per_step() const { return 2.0 * double(floats_per_tensor) * sizeof(float); }
+  View k(Index copy) const { return View::bhnd(pool + 2 * copy * elements_per_tensor, 1, kv_heads, n, d); }
+  View v(Index copy) const { return View::bhnd(pool + (2 * copy + 1) * elements_per_tensor, 1, kv_heads, n, d); }
+  double bytes_per_step() const { return 2.0 * double(elements_per_tensor) * sizeof(S); }
 };
 
-/// `per_head`: one call per query head with 1-head views instead of one call for all.
+/// `per_head`: one call per query head with 1-head views instead of one call for all. S: the
+/// cache's element type; queries and outputs are float.
+template <class S = float>
 void BM_decode(benchmark::State& state, Index q_heads, Index kv_heads, Index n, bool per_head, int threads) {
-  DecodePool& p = DecodePool::get();
+  DecodeRows& p = DecodeRows::get();
+  using CacheView = sdpa::TensorView<const S>;
   const Index d = kHeadDim, group = q_heads / kv_heads;
-  const DecodeCaches caches(p, kv_heads, n, d);
+  const DecodeCaches<S> caches(kv_heads, n, d);
   const ConstView q = ConstView::bhnd(p.q.get(), 1, q_heads, 1, d);
   const View out = View::bhnd(p.out.get(), 1, q_heads, 1, d);
   const sdpa::Options options = options_for(false, threads);
   const auto step = [&](Index copy) {
-    const ConstView k = caches.k(copy), v = caches.v(copy);
+    const CacheView k = caches.k(copy), v = caches.v(copy);
     if (!per_head) return sdpa::attention(q, k, v, out, options);
     for (Index h = 0; h < q_heads; ++h)
       sdpa::attention(ConstView::bhnd(p.q.get() + h * d, 1, 1, 1, d),
-                      ConstView::bhnd(k.head(0, h / group).data, 1, 1, n, d),
-                      ConstView::bhnd(v.head(0, h / group).data, 1, 1, n, d),
+                      CacheView::bhnd(k.head(0, h / group).data, 1, 1, n, d),
+                      CacheView::bhnd(v.head(0, h / group).data, 1, 1, n, d),
                       View::bhnd(p.out.get() + h * d, 1, 1, 1, d), options);
   };
   step(0);  // untimed: grows the scratch to this shape
@@ -384,8 +407,23 @@ void register_all() {
                                       std::to_string(kHeads) + "/n:" + std::to_string(n) + "/d:" +
                                       std::to_string(kHeadDim) + t_suffix(threads))
                                          .c_str(),
-                                     BM_decode, kHeads, kHeads, n, per_head, threads)
+                                     BM_decode<float>, kHeads, kHeads, n, per_head, threads)
             ->UseRealTime();
+
+  for (Index n : {Index(8192), Index(32768)})
+    for (int threads : kThreads) {
+      const std::string shape = "/heads:" + std::to_string(kHeads) + "/n:" + std::to_string(n) + "/d:" +
+                                std::to_string(kHeadDim) + t_suffix(threads);
+      benchmark::RegisterBenchmark(("decode_cache/f32" + shape).c_str(), BM_decode<float>, kHeads, kHeads, n, false,
+                                   threads)
+          ->UseRealTime();
+      benchmark::RegisterBenchmark(("decode_cache/bf16" + shape).c_str(), BM_decode<Eigen::bfloat16>, kHeads, kHeads,
+                                   n, false, threads)
+          ->UseRealTime();
+      benchmark::RegisterBenchmark(("decode_cache/f16" + shape).c_str(), BM_decode<Eigen::half>, kHeads, kHeads, n,
+                                   false, threads)
+          ->UseRealTime();
+    }
 
   const std::string q_heads = "/q_heads:" + std::to_string(kGqaQueryHeads);
   for (bool causal : {false, true})
@@ -398,12 +436,12 @@ void register_all() {
                                      BM_gqa_prefill, kv_heads, causal, threads)
             ->UseRealTime();
   for (int threads : kThreads)
-    for (Index kv_heads : {Index(8), kGqaQueryHeads})
+    for (Index kv_heads : {Index(2), Index(4), Index(8), kGqaQueryHeads})
       benchmark::RegisterBenchmark(("gqa/kv_heads:" + std::to_string(kv_heads) + q_heads + "/decode/n:" +
                                     std::to_string(kGqaDecodeTokens) + "/d:" + std::to_string(kHeadDim) +
                                     t_suffix(threads))
                                        .c_str(),
-                                   BM_decode, kGqaQueryHeads, kv_heads, kGqaDecodeTokens, false, threads)
+                                   BM_decode<float>, kGqaQueryHeads, kv_heads, kGqaDecodeTokens, false, threads)
           ->UseRealTime();
 }
 

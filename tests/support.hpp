@@ -12,6 +12,8 @@
 #include <cmath>
 #include <cstdint>
 #include <fstream>
+#include <initializer_list>
+#include <stdexcept>
 #include <limits>
 #include <map>
 #include <random>
@@ -181,6 +183,24 @@ void check_attention(const Matrix<T>& got, const Expected& e, Index nk, Index dk
             << (got.size() ? double(e.out(worst_i, worst_c)) : 0.0) << ", error/tolerance = " << double(worst_ratio));
   CHECK(finite);
   CHECK(worst_ratio <= 1);
+}
+
+// ---- errors ---------------------------------------------------------------------------------
+/// Runs `call`, requires std::invalid_argument, and requires each fragment in its message.
+template <class Call>
+void require_invalid(Call&& call, std::initializer_list<const char*> fragments) {
+  std::string message;
+  try {
+    call();
+  } catch (const std::invalid_argument& e) {
+    message = e.what();
+  }
+  INFO("message: " << message);
+  REQUIRE(!message.empty());
+  for (const char* fragment : fragments) {
+    INFO("expected fragment: " << fragment);
+    CHECK(message.find(fragment) != std::string::npos);
+  }
 }
 
 // ---- golden cases (tests/data, computed with PyTorch in float64) --------------------------------

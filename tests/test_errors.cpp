@@ -7,23 +7,6 @@ using namespace sdpa_test;
 
 namespace {
 
-/// Runs `call`, requires std::invalid_argument, and requires each fragment in its message.
-template <class Call>
-void require_invalid(Call&& call, std::initializer_list<const char*> fragments) {
-  std::string message;
-  try {
-    call();
-  } catch (const std::invalid_argument& e) {
-    message = e.what();
-  }
-  INFO("message: " << message);
-  REQUIRE(!message.empty());
-  for (const char* fragment : fragments) {
-    INFO("expected fragment: " << fragment);
-    CHECK(message.find(fragment) != std::string::npos);
-  }
-}
-
 struct Inputs {
   Matrix<float> Q = Matrix<float>::Ones(4, 8), K = Matrix<float>::Ones(6, 8), V = Matrix<float>::Ones(6, 3);
 };

@@ -1,7 +1,8 @@
-// 16-bit storage (Eigen::half, Eigen::bfloat16): every path, mask kind and decode shape
-// against the long-double reference on the same rounded inputs; the tiled paths bit for bit
-// against the float path on the widened inputs; grouped-query decoding at every group size;
-// scores beyond fp16's range; a 16-bit KVCache under a float layer.
+// Compressed storage. 16-bit (Eigen::half, Eigen::bfloat16): every path, mask kind and decode
+// shape against the long-double reference on the same rounded inputs; the Simd path bit for
+// bit against the float path on the widened inputs; scores beyond fp16's range. 16-bit and
+// int8 (BlockQ8_0) KV caches: quantisation, step-by-step decoding against the reference on
+// the dequantised cache, grouped-query decoding at every group size, and their errors.
 #include "catch.hpp"
 #include "support.hpp"
 
@@ -17,7 +18,29 @@ template <class S>
 const char* type_name() {
   if constexpr (std::is_same_v<S, bf16>) return "bf16";
   if constexpr (std::is_same_v<S, fp16>) return "fp16";
+  if constexpr (std::is_same_v<S, sdpa::BlockQ8_0>) return "q8_0";
   return "float";
+}
+
+/// Feature c of row i of a view, as a float: converted, or dequantised (scale q) for int8 blocks.
+template <class S>
+float feature_at(const sdpa::MatrixView<const S>& view, Index i, Index c) {
+  if constexpr (std::is_same_v<S, sdpa::BlockQ8_0>) {
+    const sdpa::BlockQ8_0& block = view(i, c / 32);
+    return float(block.scale) * float(block.q[c % 32]);
+  } else {
+    return float(view(i, c));
+  }
+}
+
+/// A view as a float matrix of its features (what the reference is given).
+template <class S>
+Matrix<float> features_of(const sdpa::MatrixView<const S>& view) {
+  const Index features = std::is_same_v<S, sdpa::BlockQ8_0> ? view.cols * 32 : view.cols;
+  Matrix<float> m(view.rows, features);
+  for (Index i = 0; i < view.rows; ++i)
+    for (Index c = 0; c < features; ++c) m(i, c) = feature_at(view, i, c);
+  return m;
 }
 
 /// Random values in [lo, hi), rounded to S: the inputs both the library and the reference see.
@@ -167,14 +190,21 @@ void check_grouped_decoding(Index group, Index tokens, bool causal, bool padded)
   auto gen = rng(Index(100 * group + 10 * tokens) + causal + 2 * padded);
   const Index B = 2, Hkv = 2, H = Hkv * group, N = 600, d = 32;
   std::vector<float> qs(std::size_t(B * H * tokens * d));
-  std::vector<S> ks(std::size_t(B * Hkv * N * d)), vs(ks.size());
   std::uniform_real_distribution<float> dist(-1, 1);
   for (float& x : qs) x = dist(gen);
-  for (S& x : ks) x = S(dist(gen));
-  for (S& x : vs) x = S(dist(gen));
+  // The cache: [B, Hkv, N, d] as a KVCache of S holds it (int8 rows are d / 32 blocks).
+  sdpa::KVCache<S> cache(B, Hkv, d, d, N);
+  for (Index b = 0; b < B; ++b)
+    cache.append(b, random_matrix<float>(N, Hkv * d, gen), random_matrix<float>(N, Hkv * d, gen));
+  const auto tensor = [&](const sdpa::MatrixView<const S>& first, const sdpa::MatrixView<const S>& next_head,
+                          const sdpa::MatrixView<const S>& next_sequence) {
+    return TensorView<const S>{first.data, B, Hkv, N, first.cols, next_sequence.data - first.data,
+                               next_head.data - first.data, first.row_stride};
+  };
+  const auto k = tensor(cache.keys(0, 0), cache.keys(0, 1), cache.keys(1, 0));
+  const auto v = tensor(cache.values(0, 0), cache.values(0, 1), cache.values(1, 0));
   std::vector<float> os(qs.size());
   const auto q = TensorView<const float>::bnhd(qs.data(), B, tokens, H, d);  // the layout a projection gives
-  const auto k = TensorView<const S>::bhnd(ks.data(), B, Hkv, N, d), v = TensorView<const S>::bhnd(vs.data(), B, Hkv, N, d);
   const auto o = TensorView<float>::bnhd(os.data(), B, tokens, H, d);
   sdpa::Options options;
   options.causal = causal;
@@ -183,18 +213,12 @@ void check_grouped_decoding(Index group, Index tokens, bool causal, bool padded)
   for (Index b = 0; b < B; ++b)
     for (Index h = 0; h < H; ++h) {
       CAPTURE(type_name<S>(), group, tokens, causal, padded, b, h);
-      const auto to_matrix = [](const auto& view) {
-        Matrix<float> m(view.rows, view.cols);
-        for (Index i = 0; i < view.rows; ++i)
-          for (Index c = 0; c < view.cols; ++c) m(i, c) = float(view(i, c));
-        return m;
-      };
       MaskSpec mask;
       mask.causal = causal;
       if (padded) mask.lengths = {options.sequence_lengths[std::size_t(b)]};
-      const Expected e = reference(to_matrix(q.head(b, h)), to_matrix(k.head(b, h / group)),
-                                   to_matrix(v.head(b, h / group)), 1.0 / std::sqrt(double(d)), mask);
-      check_attention(to_matrix(o.head(b, h)), e, N, d, "grouped decoding");
+      const Expected e = reference(features_of(q.head(b, h)), features_of(k.head(b, h / group)),
+                                   features_of(v.head(b, h / group)), 1.0 / std::sqrt(double(d)), mask);
+      check_attention(features_of(sdpa::MatrixView<const float>(o.head(b, h))), e, N, d, "grouped decoding");
     }
 }
 
@@ -209,23 +233,18 @@ TEST_CASE("grouped-query decoding reads each kv head once for any group size and
       }
   check_grouped_decoding<fp16>(16, 1, true, true);
   check_grouped_decoding<fp16>(7, 3, true, false);
+  for (const Index group : {1, 4, 8})
+    for (const Index tokens : {1, 3}) check_grouped_decoding<sdpa::BlockQ8_0>(group, tokens, true, group == 8);
 }
 
 namespace {
 
-template <class C>
-Matrix<float> cached(const sdpa::MatrixView<const C>& view) {
-  Matrix<float> m(view.rows, view.cols);
-  for (Index i = 0; i < view.rows; ++i)
-    for (Index c = 0; c < view.cols; ++c) m(i, c) = float(view(i, c));
-  return m;
-}
-
-/// A float layer over a 16-bit cache, fed a prompt and then one token per step: the cache holds
-/// each projection rounded once, and every step's output is attention over what it holds.
+/// A float layer over a 16-bit or int8 cache, fed a prompt (the packed path) and then one token
+/// per step (the decode microkernels): the cache holds each projection rounded once (or
+/// quantised), and every step's output is attention over what it holds.
 template <class C>
 void check_cache_steps() {
-  const Index d_model = 64, heads = 8, kv_heads = 2, dk = d_model / heads, group = heads / kv_heads;
+  const Index d_model = 256, heads = 8, kv_heads = 2, dk = d_model / heads, group = heads / kv_heads;  // d_k 32
   const auto layer = sdpa::SelfAttention<float>::random(d_model, heads, 5, true, false, kv_heads);  // no Wo
   const auto& w = layer.weights();
   auto gen = rng(13);
@@ -240,23 +259,82 @@ void check_cache_steps() {
   };
   feed(0, 5);
   for (Index t = 5; t < X.rows(); ++t) feed(t, 1);
-  for (Index kv = 0; kv < kv_heads; ++kv)  // rounded once, to nearest
-    CHECK(cached(cache.keys(0, kv)) == keys.middleCols(kv * dk, dk).template cast<C>().template cast<float>());
+  for (Index kv = 0; kv < kv_heads; ++kv) {
+    const Matrix<float> held = features_of(cache.keys(0, kv)), given = keys.middleCols(kv * dk, dk);
+    if constexpr (std::is_same_v<C, sdpa::BlockQ8_0>) {  // within half a step of its block
+      for (Index i = 0; i < held.rows(); ++i)
+        for (Index c = 0; c < dk; ++c)
+          CHECK(std::fabs(held(i, c) - given(i, c)) <= 0.5f * float(cache.keys(0, kv)(i, c / 32).scale) * 1.0001f);
+    } else {  // rounded once, to nearest
+      CHECK(held == given.template cast<C>().template cast<float>());
+    }
+  }
   for (Index h = 0; h < heads; ++h) {
     CAPTURE(type_name<C>(), h);
     MaskSpec mask;
     mask.causal = true;
-    const Expected e = reference(Matrix<float>(queries.middleCols(h * dk, dk)), cached(cache.keys(0, h / group)),
-                                 cached(cache.values(0, h / group)), 1.0 / std::sqrt(double(dk)), mask);
+    const Expected e = reference(Matrix<float>(queries.middleCols(h * dk, dk)), features_of(cache.keys(0, h / group)),
+                                 features_of(cache.values(0, h / group)), 1.0 / std::sqrt(double(dk)), mask);
     check_attention(Matrix<float>(outputs.middleCols(h * dk, dk)), e, X.rows(), dk, "KVCache step");
   }
 }
 
 }  // namespace
 
-TEST_CASE("a 16-bit KVCache under a float layer: each step attends over the rounded cache", "[half]") {
+TEST_CASE("a 16-bit or int8 KVCache under a float layer: each step attends over what the cache holds", "[half]") {
   check_cache_steps<bf16>();
   check_cache_steps<fp16>();
+  check_cache_steps<sdpa::BlockQ8_0>();
+}
+
+TEST_CASE("int8 blocks quantise as q8_0 does: scale max|x| / 127 in fp16, q rounded with it", "[half]") {
+  auto gen = rng(15);
+  const Matrix<float> keys = random_matrix<float>(3, 64, gen, -3.0, 3.0);
+  Matrix<float> values = Matrix<float>::Zero(3, 64);  // zero blocks: scale 0, q 0
+  values(1, 40) = 1e-3f;
+  sdpa::KVCache<sdpa::BlockQ8_0> cache(1, 1, 64, 64, 4);
+  cache.append(0, keys, values);
+  const sdpa::MatrixView<const sdpa::BlockQ8_0> k = cache.keys(0, 0), v = cache.values(0, 0);
+  REQUIRE(k.cols == 2);
+  for (Index i = 0; i < 3; ++i)
+    for (Index b = 0; b < 2; ++b) {
+      const float largest = keys.row(i).segment(b * 32, 32).cwiseAbs().maxCoeff();
+      CHECK(k(i, b).scale == Eigen::half(largest / 127.0f));
+      for (Index c = 0; c < 32; ++c)
+        CHECK(int(k(i, b).q[c]) == int(std::nearbyint(keys(i, b * 32 + c) / float(k(i, b).scale))));
+    }
+  CHECK(float(v(0, 0).scale) == 0.0f);
+  CHECK(std::fabs(feature_at(v, 1, 40) - 1e-3f) <= 0.5f * float(v(1, 1).scale));
+}
+
+TEST_CASE("int8 caches: what they cannot hold and the paths they cannot run are errors", "[half]") {
+  using Q8 = sdpa::BlockQ8_0;
+  CHECK_THROWS_AS(sdpa::KVCache<Q8>(1, 1, 20, 32, 4), std::invalid_argument);  // not whole blocks
+  sdpa::KVCache<Q8> cache(1, 1, 32, 32, 4);
+  Matrix<float> bad = Matrix<float>::Zero(1, 32);
+  for (const float x : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(), 1e9f}) {
+    bad(0, 7) = x;
+    require_invalid([&] { cache.append(0, bad, Matrix<float>::Zero(1, 32)); }, {"KVCache::append", "keys", "q8_0"});
+    require_invalid([&] { cache.append(0, Matrix<float>::Zero(1, 32), bad); }, {"values", "column 7"});
+    CHECK(cache.length(0) == 0);  // nothing was written
+  }
+  cache.append(0, Matrix<float>::Ones(2, 32), Matrix<float>::Ones(2, 32));
+  std::vector<float> q(32, 0.5f), out(32, -1.0f);
+  const auto k = cache.keys(0, 0), v = cache.values(0, 0);
+  const TensorView<const Q8> kt{k.data, 1, 1, k.rows, k.cols, 0, 0, k.row_stride};
+  const TensorView<const Q8> vt{v.data, 1, 1, v.rows, v.cols, 0, 0, v.row_stride};
+  for (const sdpa::Kernel kernel : {sdpa::Kernel::Reference, sdpa::Kernel::Blocked}) {
+    sdpa::Options options;
+    options.kernel = kernel;
+    require_invalid([&] {
+      sdpa::attention(TensorView<const float>::bhnd(q.data(), 1, 1, 1, 32), kt, vt,
+                      TensorView<float>::bhnd(out.data(), 1, 1, 1, 32), options);
+    }, {"options.kernel", "int8", "Simd path only"});
+    CHECK(out[0] == -1.0f);
+  }
+  sdpa::attention(TensorView<const float>::bhnd(q.data(), 1, 1, 1, 32), kt, vt, TensorView<float>::bhnd(out.data(), 1, 1, 1, 32));
+  const float one = 127.0f * float(Eigen::half(1.0f / 127.0f));  // 1 dequantised: 0.99994
+  CHECK(std::fabs(out[0] - one) <= 1e-6f);
 }
 
 TEST_CASE("SelfAttention<bfloat16> projects in float, rounds once and attends in float", "[half]") {

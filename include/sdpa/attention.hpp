@@ -50,17 +50,31 @@ Kernel resolve_kernel(Kernel requested, Index nq, Index nk) {
 template <class T, class S>
 void dispatch(MatrixView<const T> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<T> out,
               compute_type<T>* lse, double scale, const HeadMasks& masks, const Options& options) {
-  const Isa isa = sdpa::isa();
-  switch (resolve_kernel<T>(options.kernel, q.rows, k.rows)) {
-    case Kernel::Reference: return kernels::reference_attention(q, k, v, out, scale, masks, options, lse);
-    case Kernel::Simd:
-      if constexpr (std::is_same_v<compute_type<T>, float>)
-        return kernels::with_target(isa, [&](auto target) {
-          decltype(target)::simd_head(q, k, v, out, lse, scale, masks, options);
-        });
-      [[fallthrough]];
-    default: return kernels::scalar::Target::blocked_head(q, k, v, out, lse, scale, masks, options);
+  const auto simd = [&](auto... target_tag) {  // generic: instantiated only where float microkernels exist
+    kernels::with_target(sdpa::isa(), [&](auto target) {
+      decltype(target)::simd_head(q, k, v, out, lse, scale, masks, options, target_tag...);
+    });
+  };
+  if constexpr (is_quantized<S>) {  // only the vector microkernels dequantise int8 blocks (check_kernel_for)
+    simd();
+  } else {
+    switch (resolve_kernel<T>(options.kernel, q.rows, k.rows)) {
+      case Kernel::Reference: return kernels::reference_attention(q, k, v, out, scale, masks, options, lse);
+      case Kernel::Simd:
+        if constexpr (std::is_same_v<compute_type<T>, float>) return simd();
+        [[fallthrough]];
+      default: return kernels::scalar::Target::blocked_head(q, k, v, out, lse, scale, masks, options);
+    }
   }
+}
+
+/// An int8 cache runs on the Simd path only, whose microkernels dequantise in registers: a
+/// call that names another path gets an error rather than a different path.
+template <class S>
+void check_kernel_for(const char* function, const Options& options) {
+  if (is_quantized<S> && (options.kernel == Kernel::Reference || options.kernel == Kernel::Blocked))
+    fail(function, "options.kernel is ", options.kernel == Kernel::Reference ? "Reference" : "Blocked",
+         ", but an int8 (BlockQ8_0) cache runs on the Simd path only (Kernel::Simd or Kernel::Auto)");
 }
 
 /// Validates everything, then runs the chosen kernel. Nothing is written before validation
@@ -74,12 +88,13 @@ void run_attention(const char* function, MatrixView<const T> q, MatrixView<const
   check_storage<T, S>();
   using C = compute_type<T>;
   sdpa::isa();  // first of all, the CPU check (isa.hpp): before code built for the wider ISA runs
-  validate_attention<C>(function, q.rows, q.cols, k.rows, k.cols, &v.rows, &v.cols, options);
+  const Index dk = features<S>(k.cols), dv = features<S>(v.cols);  // int8 views count blocks
+  validate_attention<C>(function, q.rows, q.cols, k.rows, dk, &v.rows, &dv, options);
   reject_batched_options(function, options);
-  validate_output(function, out, q.rows, v.cols, options, lse, std::pair{"Q", q}, std::pair{"K", k},
-                  std::pair{"V", v});
+  check_kernel_for<S>(function, options);
+  validate_output(function, out, q.rows, dv, options, lse, std::pair{"Q", q}, std::pair{"K", k}, std::pair{"V", v});
   if (q_source)
-    validate_output(function, out, q.rows, v.cols, options, lse, std::pair{"Q", q_source->source()},
+    validate_output(function, out, q.rows, dv, options, lse, std::pair{"Q", q_source->source()},
                     std::pair{"K", k_source->source()}, std::pair{"V", v_source->source()});
   dispatch(q, k, v, out, lse, resolve_scale<C>(function, options, q.cols), HeadMasks::of(options), options);
 }

@@ -81,14 +81,16 @@ void validate_batched(const TensorView<const T>& q, const TensorView<const S>& k
   if (k.heads != v.heads) fail(fn, "K and V need the same number of heads: ", all);
   if (k.heads == 0 || q.heads % k.heads != 0)
     fail(fn, "query heads (", q.heads, ") must be a multiple of key/value heads (", k.heads, "): ", all);
-  if (out.heads != q.heads || out.tokens != q.tokens || out.features != v.features)
-    fail(fn, "out must be [", q.batch, ", ", q.heads, ", ", q.tokens, ", ", v.features, "]: ", all);
+  const Index dk = features<S>(k.features), dv = features<S>(v.features);  // int8 views count blocks
+  if (out.heads != q.heads || out.tokens != q.tokens || out.features != dv)
+    fail(fn, "out must be [", q.batch, ", ", q.heads, ", ", q.tokens, ", ", dv, "]: ", all);
   if (negative_stride) fail(fn, "strides must not be negative: ", all);
   if (unaddressable) fail(fn, "strides too large to address: ", all);
   if (!owns_its_elements(out))
     fail(fn, "out's strides (batch ", out.batch_stride, ", head ", out.head_stride, ", token ", out.token_stride,
          ") give two elements one place: results would overwrite each other: ", all);
-  validate_attention<compute_type<T>>(fn, q.tokens, q.features, k.tokens, k.features, &v.tokens, &v.features, options);
+  validate_attention<compute_type<T>>(fn, q.tokens, q.features, k.tokens, dk, &v.tokens, &dv, options);
+  check_kernel_for<S>(fn, options);
 
   const auto check_broadcast = [&](const char* name, Index b, Index h, Index n, Index keys) {
     if ((b != 1 && b != q.batch) || (h != 1 && h != q.heads) || (n != 1 && n != q.tokens) || keys != k.tokens)
@@ -179,7 +181,7 @@ void attention(const TensorView<const T>& q, const TensorView<const S>& k, const
   const double scale = detail::resolve_scale<compute_type<T>>("attention", options, q.features);
   const Index group = q.heads / k.heads;
   const Kernel kernel = detail::resolve_kernel<T>(options.kernel, q.tokens, k.tokens);
-  const BlockConfig blocks = kernels::choose_blocks(options.blocks, q.tokens, k.tokens, q.features, v.features,
+  const BlockConfig blocks = kernels::choose_blocks(options.blocks, q.tokens, k.tokens, q.features, out.features,
                                                     Index(sizeof(compute_type<T>)), 1, 1);
   const Index query_tiles = (q.tokens + blocks.query_rows - 1) / blocks.query_rows;
   // Few query tiles in all (decoding a small batch): head by head, each splitting its keys.
@@ -197,7 +199,7 @@ void attention(const TensorView<const T>& q, const TensorView<const S>& k, const
         decltype(target)::simd_batch(q, k, v, out, scale, options);
       });
   }
-  kernels::scalar::Target::blocked_batch(q, k, v, out, scale, options);
+  if constexpr (!is_quantized<S>) kernels::scalar::Target::blocked_batch(q, k, v, out, scale, options);
 }
 
 /// Every view of one element type T: `sdpa::attention<float>(q, k, v, out)` converts views of

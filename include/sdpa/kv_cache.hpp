@@ -8,6 +8,7 @@
 #include "storage.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <vector>
@@ -20,10 +21,16 @@ namespace sdpa {
 /// head's keys are contiguous rows, read in place by attention. T may be Eigen::half or
 /// Eigen::bfloat16 (README, "Storage types"): keys and values are rounded to it once, as they
 /// are appended, and the decode kernels read the 16-bit rows in place, half the bytes of float.
+/// T = BlockQ8_0 stores int8 blocks of 32 features with an fp16 scale each (ggml's q8_0):
+/// quantised as they are appended, dequantised in registers by the decode microkernels, a
+/// little over a quarter of the bytes of float. Its head dims must be multiples of 32, and its
+/// views (keys(), values()) have one column per block.
 template <class T>
 class KVCache {
-  static_assert(detail::is_storage_type<T>,
-                "sdpa::KVCache: T must be float, double, long double, Eigen::half or Eigen::bfloat16");
+  static_assert(detail::is_storage_type<T> || is_quantized<T>,
+                "sdpa::KVCache: T must be float, double, long double, Eigen::half, Eigen::bfloat16 or "
+                "sdpa::BlockQ8_0");
+  static constexpr Index kFeaturesPerElement = features_per_element<T>;
 
  public:
   /// Allocates room for `capacity` tokens in each of `batch` sequences, all empty: keys of
@@ -34,7 +41,12 @@ class KVCache {
     if (batch < 1 || kv_heads < 1 || head_dim < 1 || value_head_dim < 1 || capacity < 1)
       detail::fail("KVCache", "batch ", batch, ", kv_heads ", kv_heads, ", head dims ", head_dim, "/", value_head_dim,
                    " and capacity ", capacity, " must all be at least 1");
-    const std::size_t keys = elements(head_dim), values = elements(value_head_dim);
+    if (head_dim % kFeaturesPerElement != 0 || value_head_dim % kFeaturesPerElement != 0)
+      detail::fail("KVCache", "head dims ", head_dim, "/", value_head_dim, " must be multiples of ",
+                   kFeaturesPerElement, ", the features of one int8 block");
+    key_elements_ = head_dim / kFeaturesPerElement;
+    value_elements_ = value_head_dim / kFeaturesPerElement;
+    const std::size_t keys = elements(key_elements_), values = elements(value_elements_);
     lengths_.assign(std::size_t(batch), 0);
     keys_.resize(keys);
     values_.resize(values);
@@ -68,13 +80,16 @@ class KVCache {
     if (n > capacity_ - start)
       detail::fail("KVCache::append", "sequence ", sequence, " holds ", start, " tokens; ", n, " more exceed its capacity ",
                    capacity_);
+    if constexpr (is_quantized<T>) {  // check every block before writing any
+      for (Index t = 0; t < n; ++t) {
+        check_quantizable("keys", k.view().row(t), k.cols());
+        check_quantizable("values", v.view().row(t), v.cols());
+      }
+    }
     for (Index h = 0; h < kv_heads_; ++h)
       for (Index t = 0; t < n; ++t) {
-        const auto* key = k.view().row(t) + h * head_dim_;
-        const auto* value = v.view().row(t) + h * value_head_dim_;
-        const auto round = [](auto x) { return T(x); };
-        std::transform(key, key + head_dim_, key_row(sequence, h, start + t), round);
-        std::transform(value, value + value_head_dim_, value_row(sequence, h, start + t), round);
+        store(k.view().row(t) + h * head_dim_, head_dim_, key_row(sequence, h, start + t));
+        store(v.view().row(t) + h * value_head_dim_, value_head_dim_, value_row(sequence, h, start + t));
       }
     lengths_[std::size_t(sequence)] = start + n;
   }
@@ -82,12 +97,12 @@ class KVCache {
   /// The cached keys of one head of one sequence: length(sequence) x head_dim(), in place.
   /// Throws std::invalid_argument when `sequence` or `head` is out of range.
   MatrixView<const T> keys(Index sequence, Index head) const {
-    return {key_row(sequence, checked_head(head), 0), length(sequence), head_dim_, head_dim_};
+    return {key_row(sequence, checked_head(head), 0), length(sequence), key_elements_, key_elements_};
   }
   /// The cached values of one head of one sequence: length(sequence) x value_head_dim(), in place.
   /// Throws std::invalid_argument when `sequence` or `head` is out of range.
   MatrixView<const T> values(Index sequence, Index head) const {
-    return {value_row(sequence, checked_head(head), 0), length(sequence), value_head_dim_, value_head_dim_};
+    return {value_row(sequence, checked_head(head), 0), length(sequence), value_elements_, value_elements_};
   }
 
   /// Drops the tokens of `sequence` from position `length` on (its memory stays allocated):
@@ -130,13 +145,48 @@ class KVCache {
     return std::size_t(total);
   }
   T* key_row(Index s, Index h, Index t) const {
-    return const_cast<T*>(keys_.data()) + ((s * kv_heads_ + h) * capacity_ + t) * head_dim_;
+    return const_cast<T*>(keys_.data()) + ((s * kv_heads_ + h) * capacity_ + t) * key_elements_;
   }
   T* value_row(Index s, Index h, Index t) const {
-    return const_cast<T*>(values_.data()) + ((s * kv_heads_ + h) * capacity_ + t) * value_head_dim_;
+    return const_cast<T*>(values_.data()) + ((s * kv_heads_ + h) * capacity_ + t) * value_elements_;
   }
 
-  Index batch_, kv_heads_, head_dim_, value_head_dim_, capacity_;
+  /// The largest magnitude an int8 block can hold: its scale, max |x| / 127, must be a finite fp16.
+  static constexpr double kMaxQuantizable = 65504.0 * 127.0;
+
+  /// Throws unless every value of the row is finite and small enough for a q8_0 block (NaN or
+  /// Inf would make a whole block of 32 NaN: a silent NaN far from its cause).
+  template <class S>
+  static void check_quantizable(const char* name, const S* row, Index count) {
+    for (Index e = 0; e < count; ++e) {
+      const double x = double(row[e]);
+      if (!(std::fabs(x) <= kMaxQuantizable))
+        detail::fail("KVCache::append", name, " hold ", x, " at column ", e, ": an int8 (q8_0) cache stores finite ",
+                     "values up to ", kMaxQuantizable, " in magnitude");
+    }
+  }
+
+  /// Writes `features` values as one row of T: each rounded to T, or quantised in blocks of 32,
+  /// x ~ scale q with scale = max |x| / 127 rounded to fp16 and q = round(x / scale), as ggml's
+  /// quantize_row_q8_0 (which divides by the unrounded scale; this rounds with the stored one).
+  template <class S>
+  static void store(const S* from, Index features, T* to) {
+    if constexpr (is_quantized<T>) {
+      for (Index b = 0; b < features / BlockQ8_0::size; ++b, ++to) {
+        const S* x = from + b * BlockQ8_0::size;
+        float largest = 0.0f;
+        for (int i = 0; i < BlockQ8_0::size; ++i) largest = std::max(largest, std::fabs(float(x[i])));
+        to->scale = Eigen::half(largest / 127.0f);
+        const float step = float(to->scale), inverse = step > 0.0f ? 1.0f / step : 0.0f;
+        for (int i = 0; i < BlockQ8_0::size; ++i)
+          to->q[i] = std::int8_t(std::clamp(std::nearbyint(float(x[i]) * inverse), -127.0f, 127.0f));
+      }
+    } else {
+      std::transform(from, from + features, to, [](S x) { return T(x); });
+    }
+  }
+
+  Index batch_, kv_heads_, head_dim_, value_head_dim_, capacity_, key_elements_ = 0, value_elements_ = 0;
   std::vector<Index> lengths_;
   std::vector<T> keys_, values_;
 };

@@ -12,7 +12,7 @@ void batched_tiled(const TensorView<const Q>& q, const TensorView<const typename
   using T = typename Micro::Vec::value_type;
   using S = typename Micro::Storage;
   const Index group = q.heads / k.heads;  // query heads per key/value head
-  const BlockConfig blocks = choose_blocks(options.blocks, q.tokens, k.tokens, q.features, v.features, Index(sizeof(T)),
+  const BlockConfig blocks = choose_blocks(options.blocks, q.tokens, k.tokens, q.features, out.features, Index(sizeof(T)),
                                       Micro::key_multiple, Micro::row_multiple);
   const Index kv_heads = q.batch * k.heads;
   const Index packed_size = Micro::packed_size(k.head(0, 0), v.head(0, 0), blocks);
@@ -58,10 +58,10 @@ bool decode_groups(const TensorView<const Q>& q, const TensorView<const S>& k, c
   const bool per_head_masks = (!options.batch_mask.empty() && options.batch_mask.heads != 1) ||
                               (!options.batch_bias.empty() && options.batch_bias.heads != 1);
   const bool query_masks = n > 1 && (!options.batch_mask.empty() || !options.batch_bias.empty());  // per token
-  if (n > kDecodeRows || group < 2 || per_head_masks || query_masks || !Rows::fits_widths(q.features, v.features) ||
+  if (n > kDecodeRows || group < 2 || per_head_masks || query_masks || !Rows::fits_widths(q.features, out.features) ||
       !options.mask.empty() || !options.bias.empty() || !options.key_lengths.empty())
     return false;
-  const Index dk = q.features, dv = v.features, nk = k.tokens;
+  const Index dk = q.features, dv = out.features, nk = k.tokens;
   const auto run = [&](Index item, const Options& run_options) {
     const Index b = item / k.heads, kv = item % k.heads;
     detail::HeadMasks masks = detail::head_masks(options, b, kv * group);
@@ -111,7 +111,7 @@ template <class Q, class S>
 void simd_batched(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
                   const TensorView<Q>& out, double scale, const Options& options) {
   if (decode_groups(q, k, v, out, scale, options)) return;
-  if (RowTiles<Arch, S>::fits(q.tokens, q.features, v.features))
+  if (RowTiles<Arch, S>::fits(q.tokens, q.features, out.features))
     return batched_tiled<RowTiles<Arch, S>>(q, k, v, out, scale, options);
   batched_tiled<SimdTiles<Arch, S>>(q, k, v, out, scale, options);
 }

@@ -32,6 +32,19 @@ auto row(const MatrixView<T>& view, Index i) {
   using Mapped = std::conditional_t<std::is_const_v<T>, const Row, Row>;
   return Eigen::Map<Mapped>(view.row(i), view.cols);
 }
+/// Row i of a view as an Eigen row vector of T: converted element by element, or for int8
+/// blocks dequantised into a new vector (the reference's fallback rows only: the kernels
+/// dequantise in registers).
+template <class T, class S>
+auto row_as(const MatrixView<const S>& view, Index i) {
+  if constexpr (is_quantized<S>) {
+    Eigen::Matrix<T, 1, Eigen::Dynamic> values(detail::features<S>(view.cols));
+    for (Index e = 0; e < values.size(); ++e) values[e] = detail::feature(view.row(i), e);
+    return values;
+  } else {
+    return row(view, i).template cast<T>();
+  }
+}
 constexpr Index kRowsPerTask = 16;  // rows one thread takes at a time
 }  // namespace reference_detail
 
@@ -46,7 +59,7 @@ void reference_scores(MatrixView<const Q> q, MatrixView<const K> k, Index i, dou
   // pass 1: the query against every key it may see, s_j = (scale q_i) . k_j
   const Eigen::Matrix<T, 1, Eigen::Dynamic> scaled_query = T(scale) * row(q, i).template cast<T>();
   const Index end = mask.key_end(i);
-  for (Index j = 0; j < end; ++j) s[j] = scaled_query.dot(row(k, j).template cast<T>());
+  for (Index j = 0; j < end; ++j) s[j] = scaled_query.dot(reference_detail::row_as<T>(k, j));
   // pass 2: masks: forbidden pairs become -inf, the bias is added
   mask.apply(i, 0, k.rows, s);
 }
@@ -84,11 +97,10 @@ void reference_row_weights(MatrixView<const Q> q, MatrixView<const K> k, Index i
 /// (masked, or too unlikely for exp to represent) adds nothing, whatever V holds there.
 template <class T, class S>
 void reference_blend(const T* p, MatrixView<const S> v, T* out) {
-  using reference_detail::row;
-  auto o = Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(out, v.cols);
+  auto o = Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(out, detail::features<S>(v.cols));
   o.setZero();
   for (Index j = 0; j < v.rows; ++j)
-    if (p[j] != T(0)) o += p[j] * row(v, j).template cast<T>();
+    if (p[j] != T(0)) o += p[j] * reference_detail::row_as<T>(v, j);
 }
 
 /// P = softmax(scale Q K^T + mask), row by row; a row with no visible key is all zeros.
@@ -115,13 +127,13 @@ void reference_attention(MatrixView<const Q> q, MatrixView<const S> k, MatrixVie
   // pass 6: each output row is its weights' blend of the value rows
   const Index tasks = (q.rows + reference_detail::kRowsPerTask - 1) / reference_detail::kRowsPerTask;
   detail::parallel_for(tasks, options, [&](Index first, Index end) {
-    Eigen::Matrix<T, 1, Eigen::Dynamic> row(std::is_same_v<O, T> ? 0 : v.cols);
+    Eigen::Matrix<T, 1, Eigen::Dynamic> row(std::is_same_v<O, T> ? 0 : out.cols);
     for (Index i = first * reference_detail::kRowsPerTask; i < std::min(q.rows, end * reference_detail::kRowsPerTask); ++i) {
       if constexpr (std::is_same_v<O, T>) {
         reference_blend(weights.row(i), v, out.row(i));
       } else {
         reference_blend(weights.row(i), v, row.data());
-        std::transform(row.data(), row.data() + v.cols, out.row(i), [](T x) { return O(x); });
+        std::transform(row.data(), row.data() + out.cols, out.row(i), [](T x) { return O(x); });
       }
     }
   });

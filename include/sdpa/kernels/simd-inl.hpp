@@ -36,9 +36,9 @@ SDPA_ALWAYS_INLINE void with_rows(Index n, F&& f) {
 
 // The step both products are made of (the GEMM microkernel's inner step): acc[r][c] +=
 // column[r * stride] * row[c W .. c W + W), C loads and R broadcasts for R C FMAs. `row` may
-// hold 16-bit values, widened as they are loaded.
-template <class V, int R, int C, class S>
-SDPA_ALWAYS_INLINE void rank1_update(const float* column, Index stride, const S* row, V (&acc)[R][C]) {
+// address 16-bit values or int8 blocks (detail::features_of), widened as they are loaded.
+template <class V, int R, int C, class Row>
+SDPA_ALWAYS_INLINE void rank1_update(const float* column, Index stride, Row row, V (&acc)[R][C]) {
   V loaded[C];
   SDPA_UNROLL
   for (int c = 0; c < C; ++c) loaded[c] = V::load(row + c * V::width);
@@ -100,9 +100,10 @@ SDPA_ALWAYS_INLINE void score_softmax_block(const float* q, Index dk, const floa
   }
 }
 
-// acc (R, C W) = rescale * acc + p (R, keys) v (keys, C W): v rows at stride v_ld.
+// acc (R, C W) = rescale * acc + p (R, keys) v (keys, features [col, col + C W)): v rows at
+// stride v_ld (in elements of S).
 template <class V, int R, int C, class S>
-SDPA_ALWAYS_INLINE void value_block(const float* p, Index p_ld, Index keys, const S* v, Index v_ld,
+SDPA_ALWAYS_INLINE void value_block(const float* p, Index p_ld, Index keys, const S* v, Index v_ld, Index col,
                                     const float* rescale, float* acc, Index acc_ld) {
   V out[R][C];
   SDPA_UNROLL
@@ -111,7 +112,7 @@ SDPA_ALWAYS_INLINE void value_block(const float* p, Index p_ld, Index keys, cons
     SDPA_UNROLL
     for (int c = 0; c < C; ++c) out[r][c] = V::load(acc + r * acc_ld + c * V::width) * factor;
   }
-  for (Index j = 0; j < keys; ++j) rank1_update<V, R, C>(p + j, p_ld, v + j * v_ld, out);
+  for (Index j = 0; j < keys; ++j) rank1_update<V, R, C>(p + j, p_ld, detail::features_of(v + j * v_ld) + col, out);
   SDPA_UNROLL
   for (int r = 0; r < R; ++r)
     SDPA_UNROLL
@@ -126,7 +127,7 @@ void accumulate_tile(const float* p, Index rows, Index p_ld, Index keys, const S
   const auto columns = [&](Index col, auto width) {
     for (Index r0 = 0; r0 < rows; r0 += R)
       with_rows<R>(rows - r0, [&](auto height) {
-        value_block<V, height, decltype(width)::value>(p + r0 * p_ld, p_ld, keys, v + col, v_ld, rescale + r0,
+        value_block<V, height, decltype(width)::value>(p + r0 * p_ld, p_ld, keys, v, v_ld, col, rescale + r0,
                                                        acc + r0 * acc_ld + col, acc_ld);
       });
   };
@@ -137,8 +138,8 @@ void accumulate_tile(const float* p, Index rows, Index p_ld, Index keys, const S
 
 }  // namespace microkernels
 
-/// `S`: the element type of K and V (float, Eigen::half or Eigen::bfloat16), converted to
-/// float as they are packed.
+/// `S`: the element type of K and V (float, Eigen::half, Eigen::bfloat16 or BlockQ8_0),
+/// converted to float as they are packed (for prefill, which packs K whatever its type).
 template <class Arch, class S = float>
 class SimdTiles {
  public:
@@ -160,19 +161,23 @@ class SimdTiles {
   static bool copies_v(MatrixView<const S> v) {
     return !std::is_same_v<S, float> || round_up(v.cols, W) != v.cols || v.row_stride != v.cols;
   }
+  static Index features(Index elements) { return detail::features<S>(elements); }
+  static Index padded_features(MatrixView<const S> v) { return round_up(features(v.cols), W);
+  }
 
   /// Floats of packing buffer the constructor needs: K^T panels (tiles, d_k, padded Bk), and
   /// the copy of V when copies_v.
   static Index packed_size(MatrixView<const S> k, MatrixView<const S> v, const BlockConfig& blocks) {
     const Index tiles = (k.rows + blocks.key_rows - 1) / blocks.key_rows;
-    return tiles * k.cols * round_up(blocks.key_rows, key_multiple) + (copies_v(v) ? v.rows * round_up(v.cols, W) : 0);
+    return tiles * features(k.cols) * round_up(blocks.key_rows, key_multiple) +
+           (copies_v(v) ? v.rows * padded_features(v) : 0);
   }
 
   /// Lays out K^T panels (and a padded V when needed) in `packed` (packed_size floats, which
   /// must outlive this); pack() fills them.
   SimdTiles(MatrixView<const S> k, MatrixView<const S> v, const BlockConfig& blocks, float* packed)
-      : dk_(k.cols), key_rows_(blocks.key_rows), panel_ld_(round_up(blocks.key_rows, key_multiple)),
-        acc_ld_(round_up(v.cols, W)), packed_k_(packed) {
+      : dk_(features(k.cols)), key_rows_(blocks.key_rows), panel_ld_(round_up(blocks.key_rows, key_multiple)),
+        acc_ld_(padded_features(v)), packed_k_(packed) {
     if (copies_v(v)) {  // V is read from a zero-padded copy (Nk, acc_ld) after the panels
       const Index tiles = (k.rows + key_rows_ - 1) / key_rows_;
       v_ = MatrixView<const float>(packed + tiles * dk_ * panel_ld_, v.rows, acc_ld_, acc_ld_);
@@ -195,13 +200,14 @@ class SimdTiles {
       for (Index e = 0; e < dk_; ++e) std::fill(panel + e * panel_ld_ + keys, panel + (e + 1) * panel_ld_, 0.0f);
       for (Index c = 0; c < keys; ++c) {
         const S* k_row = k.row(j0 + c);
-        for (Index e = 0; e < dk_; ++e) panel[e * panel_ld_ + c] = float(k_row[e]);
+        for (Index e = 0; e < dk_; ++e) panel[e * panel_ld_ + c] = detail::feature(k_row, e);
       }
       if (!copies_v(v)) continue;
       float* values = const_cast<float*>(v_.data);
       for (Index j = j0; j < j0 + keys; ++j) {
-        std::transform(v.row(j), v.row(j) + v.cols, values + j * acc_ld_, [](S x) { return float(x); });
-        std::fill(values + j * acc_ld_ + v.cols, values + (j + 1) * acc_ld_, 0.0f);
+        const Index dv = features(v.cols);
+        for (Index e = 0; e < dv; ++e) values[j * acc_ld_ + e] = detail::feature(v.row(j), e);
+        std::fill(values + j * acc_ld_ + dv, values + (j + 1) * acc_ld_, 0.0f);
       }
     }
   }
@@ -264,7 +270,7 @@ class RowTiles {
   static constexpr Index row_multiple = max_rows;  // all the query rows in one tile: K is read once
 
   /// When this beats packing (measured: see README, decoding).
-  static bool fits(Index nq, Index dk, Index dv) { return nq <= max_rows && fits_widths(dk, dv); }
+  static bool fits(Index nq, Index dk, Index dv) { return nq <= max_rows && fits_widths(dk, dv); }  // features
   /// Whether the head dims allow these microkernels at all (whole vectors).
   static bool fits_widths(Index dk, Index dv) { return dk % W == 0 && dv % W == 0; }
   static Index packed_size(MatrixView<const S>, MatrixView<const S>, const BlockConfig&) { return 0; }
@@ -273,16 +279,16 @@ class RowTiles {
   Index pack_tiles(MatrixView<const S>) const { return 0; }  // reads K and V in place
   void pack(MatrixView<const S>, MatrixView<const S>, Index, Index) const {}
 
-  Index accumulator_cols() const { return v_.cols; }
+  Index accumulator_cols() const { return detail::features<S>(v_.cols); }
   Vec exp2(Vec x) const { return exp2_no_overflow(x); }
   bool fused_softmax(const float*, Index, Index, Index, float*, Index, OnlineSoftmaxRow<Vec>*, float*) const {
     return false;
   }
 
   void scores(const float* q_tile, Index rows, Index j0, Index keys, float* s, Index ld) const {
-    const Index dk = k_.cols;
+    const Index dk = detail::features<S>(k_.cols);
     for (Index c = 0; c < keys; ++c) {
-      const S* k_row = k_.row(j0 + c);
+      const auto k_row = detail::features_of(k_.row(j0 + c));
       for (Index r = 0; r < rows; ++r) {
         Vec dot = Vec::zero();
         for (Index e = 0; e < dk; e += W) dot = fma(Vec::load(q_tile + r * dk + e), Vec::load(k_row + e), dot);
@@ -293,8 +299,9 @@ class RowTiles {
 
   void accumulate(const float* p, Index rows, Index ld, Index j0, Index keys, const float* rescale,
                   float* acc) const {
+    const Index dv = accumulator_cols();
     microkernels::accumulate_tile<Vec, max_rows, RegisterBlock<Arch>::vectors>(p, rows, ld, keys, v_.row(j0), v_.row_stride,
-                                                                         v_.cols / W, rescale, acc, v_.cols);
+                                                                         dv / W, rescale, acc, dv);
   }
 
  private:
@@ -306,7 +313,7 @@ class RowTiles {
 template <class Q, class S, class O>
 void simd_attention(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<O> out,
                     double scale, const detail::HeadMasks& masks, const Options& options, float* lse = nullptr) {
-  if (RowTiles<Arch, S>::fits(q.rows, q.cols, v.cols))
+  if (RowTiles<Arch, S>::fits(q.rows, q.cols, out.cols))
     return tiled_attention<RowTiles<Arch, S>>(q, k, v, out, lse, scale, masks, options);
   tiled_attention<SimdTiles<Arch, S>>(q, k, v, out, lse, scale, masks, options);
 }

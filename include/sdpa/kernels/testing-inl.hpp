@@ -40,9 +40,9 @@ inline void value_block(Index rows, Index vectors, const float* p, Index p_ld, I
                         const float* rescale, float* acc, Index acc_ld) {
   microkernels::with_rows<R>(rows, [&](auto height) {
     if (vectors == C)
-      microkernels::value_block<V, height, C>(p, p_ld, keys, v, v_ld, rescale, acc, acc_ld);
+      microkernels::value_block<V, height, C>(p, p_ld, keys, v, v_ld, 0, rescale, acc, acc_ld);
     else
-      microkernels::value_block<V, height, 1>(p, p_ld, keys, v, v_ld, rescale, acc, acc_ld);
+      microkernels::value_block<V, height, 1>(p, p_ld, keys, v, v_ld, 0, rescale, acc, acc_ld);
   });
 }
 

@@ -188,7 +188,7 @@ void tiled_attention(MatrixView<const Q> q, MatrixView<const typename Micro::Sto
                      const Options& options) {
   using T = typename Micro::Vec::value_type;
   using S = typename Micro::Storage;
-  const Index nq = q.rows, nk = k.rows, dk = q.cols, dv = v.cols;
+  const Index nq = q.rows, nk = k.rows, dk = q.cols, dv = out.cols;  // features (v.cols may count int8 blocks)
   const BlockConfig blocks =
       choose_blocks(options.blocks, nq, nk, dk, dv, Index(sizeof(T)), Micro::key_multiple, Micro::row_multiple);
   const Index query_tiles = (nq + blocks.query_rows - 1) / blocks.query_rows;

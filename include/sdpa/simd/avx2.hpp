@@ -6,6 +6,9 @@
 #if SDPA_TARGET_AVX2
 #include <immintrin.h>
 
+#include <cstdint>
+#include <cstring>
+
 SDPA_BEGIN_NAMESPACE
 namespace simd {
 
@@ -22,6 +25,18 @@ struct Vec<float, avx2> {
   static SDPA_ALWAYS_INLINE Vec load(const Eigen::bfloat16* p) {  // bf16 is a float's top half: shift it up
     const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return {_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))};
+  }
+  /// A block's fp16 scale with F16C (Eigen's conversion, compiled for the build's flags, may
+  /// take a dozen integer instructions).
+  static SDPA_ALWAYS_INLINE float scale_of(const BlockQ8_0& block) {
+    std::uint16_t bits;
+    std::memcpy(&bits, &block.scale, sizeof bits);
+    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)));
+  }
+  static SDPA_ALWAYS_INLINE Vec load(detail::QuantizedFeatures f) {  // 8 int8 of one block, times its scale
+    const BlockQ8_0& block = f.blocks[f.feature / BlockQ8_0::size];
+    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(block.q + f.feature % BlockQ8_0::size));
+    return {_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_set1_ps(scale_of(block)))};
   }
   static SDPA_ALWAYS_INLINE Vec broadcast(float x) { return {_mm256_set1_ps(x)}; }
   static SDPA_ALWAYS_INLINE Vec zero() { return {_mm256_setzero_ps()}; }
