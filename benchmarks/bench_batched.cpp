@@ -16,7 +16,7 @@
 //   decode/per_head/heads:8/n:n/d:64/threads:T             the same work as 8 calls of one head
 //       each (q [1, 1, 1, 64], k and v [1, 1, n, 64]): a baseline for the batched call
 //   decode_cache/C/heads:8/n:n/d:64/threads:T              decode/batched with the cache stored as
-//       C = f32, bf16 or f16 (float queries and output): the bytes a 16-bit cache saves
+//       C = f32, bf16, f16 or q8_0 (int8 blocks; float queries and output): what fewer bytes buy
 //   gqa/kv_heads:K/q_heads:32/prefill/N:1024/d:64/causal:c/threads:T
 //   gqa/kv_heads:K/q_heads:32/decode/n:8192/d:64/threads:T
 //       32 query heads sharing K = 2, 4 or 8 key/value heads (grouped-query, groups of 16, 8
@@ -312,7 +312,16 @@ const S* decode_pool() {
 #if SDPA_HAS_OPENMP
 #pragma omp parallel for schedule(static) num_threads(2)
 #endif
-    for (std::int64_t i = 0; i < n; ++i) p[i] = S(hash_value(21 * 0x9e3779b97f4a7c15ULL + std::uint64_t(i)));
+    for (std::int64_t i = 0; i < n; ++i) {
+      const std::uint64_t seed = 21 * 0x9e3779b97f4a7c15ULL + std::uint64_t(i);
+      if constexpr (sdpa::is_quantized<S>) {  // values in [-1, 1): scale 1/127, q in [-127, 127]
+        p[i].scale = Eigen::half(1.0f / 127.0f);
+        for (int c = 0; c < sdpa::BlockQ8_0::size; ++c)
+          p[i].q[c] = std::int8_t(std::nearbyint(127.0f * hash_value(seed * 64 + std::uint64_t(c))));
+      } else {
+        p[i] = S(hash_value(seed));
+      }
+    }
     return std::unique_ptr<S[], FreeDeleter>(p);
   }();
   return pool.get();
@@ -336,7 +345,8 @@ struct DecodeCaches {
   Index kv_heads, n, d, elements_per_tensor, copies;
   const S* pool;
   DecodeCaches(Index kv_heads_, Index n_, Index d_)
-      : kv_heads(kv_heads_), n(n_), d(d_), elements_per_tensor(kv_heads_ * n_ * d_), pool(decode_pool<S>()) {
+      : kv_heads(kv_heads_), n(n_), d(d_ / sdpa::features_per_element<S>), elements_per_tensor(kv_heads_ * n_ * d),
+        pool(decode_pool<S>()) {
     copies = Index(kDecodePoolBytes) / Index(bytes_per_step());
     if (copies < 2) std::abort();  // the pool is sized for 2 copies of the largest shape
   }
@@ -422,6 +432,9 @@ void register_all() {
           ->UseRealTime();
       benchmark::RegisterBenchmark(("decode_cache/f16" + shape).c_str(), BM_decode<Eigen::half>, kHeads, kHeads, n,
                                    false, threads)
+          ->UseRealTime();
+      benchmark::RegisterBenchmark(("decode_cache/q8_0" + shape).c_str(), BM_decode<sdpa::BlockQ8_0>, kHeads, kHeads,
+                                   n, false, threads)
           ->UseRealTime();
     }
 

@@ -41,7 +41,7 @@ template <class V, int R, int C, class Row>
 SDPA_ALWAYS_INLINE void rank1_update(const float* column, Index stride, Row row, V (&acc)[R][C]) {
   V loaded[C];
   SDPA_UNROLL
-  for (int c = 0; c < C; ++c) loaded[c] = V::load(row + c * V::width);
+  for (int c = 0; c < C; ++c) loaded[c] = simd::load<V>(row + c * V::width);
   SDPA_UNROLL
   for (int r = 0; r < R; ++r) {
     const V scalar = V::broadcast(column[r * stride]);
@@ -285,15 +285,16 @@ class RowTiles {
     return false;
   }
 
+  /// Also prefetches, one row per key, this tile's V rows (read next, by accumulate) and the
+  /// next tile's K rows: decoding streams K and V from DRAM in alternating tiles, and without
+  /// this each tile's first rows of a stream wait for the hardware prefetcher to pick it up again.
   void scores(const float* q_tile, Index rows, Index j0, Index keys, float* s, Index ld) const {
     const Index dk = detail::features<S>(k_.cols);
     for (Index c = 0; c < keys; ++c) {
-      const auto k_row = detail::features_of(k_.row(j0 + c));
-      for (Index r = 0; r < rows; ++r) {
-        Vec dot = Vec::zero();
-        for (Index e = 0; e < dk; e += W) dot = fma(Vec::load(q_tile + r * dk + e), Vec::load(k_row + e), dot);
-        s[r * ld + c] = reduce_add(dot);
-      }
+      prefetch_row(v_, j0 + c);
+      if (j0 + keys + c < k_.rows) prefetch_row(k_, j0 + keys + c);
+      const S* k_row = k_.row(j0 + c);
+      for (Index r = 0; r < rows; ++r) s[r * ld + c] = dot(q_tile + r * dk, k_row, dk);
     }
   }
 
@@ -305,6 +306,29 @@ class RowTiles {
   }
 
  private:
+  /// q . k over dk features, k of type S: vectorised along d, then summed across lanes. An
+  /// int8 row is taken a block at a time, its scale applied once per block.
+  static float dot(const float* q, const S* k, Index dk) {
+    Vec sum = Vec::zero();
+    if constexpr (is_quantized<S>) {
+      constexpr int kBlock = BlockQ8_0::size;
+      for (Index b = 0; b < dk / kBlock; ++b, q += kBlock) {
+        Vec block = Vec::zero();
+        SDPA_UNROLL
+        for (int e = 0; e < kBlock; e += W) block = fma(Vec::load(q + e), Vec::load(k[b].q + e), block);
+        sum = fma(block, Vec::broadcast(Vec::scale_of(k[b])), sum);
+      }
+    } else {
+      for (Index e = 0; e < dk; e += W) sum = fma(Vec::load(q + e), Vec::load(k + e), sum);
+    }
+    return reduce_add(sum);
+  }
+
+  static void prefetch_row(const MatrixView<const S>& m, Index i) {
+    const char* row = reinterpret_cast<const char*>(m.row(i));
+    for (Index byte = 0; byte < m.cols * Index(sizeof(S)); byte += 64) __builtin_prefetch(row + byte);
+  }
+
   MatrixView<const S> k_, v_;
 };
 

@@ -33,10 +33,8 @@ struct Vec<float, avx2> {
     std::memcpy(&bits, &block.scale, sizeof bits);
     return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)));
   }
-  static SDPA_ALWAYS_INLINE Vec load(detail::QuantizedFeatures f) {  // 8 int8 of one block, times its scale
-    const BlockQ8_0& block = f.blocks[f.feature / BlockQ8_0::size];
-    const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(block.q + f.feature % BlockQ8_0::size));
-    return {_mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), _mm256_set1_ps(scale_of(block)))};
+  static SDPA_ALWAYS_INLINE Vec load(const std::int8_t* p) {
+    return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))))};
   }
   static SDPA_ALWAYS_INLINE Vec broadcast(float x) { return {_mm256_set1_ps(x)}; }
   static SDPA_ALWAYS_INLINE Vec zero() { return {_mm256_setzero_ps()}; }

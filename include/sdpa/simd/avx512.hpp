@@ -33,10 +33,8 @@ struct Vec<float, avx512> {
     std::memcpy(&bits, &block.scale, sizeof bits);
     return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)));
   }
-  static SDPA_ALWAYS_INLINE Vec load(detail::QuantizedFeatures f) {  // 16 int8 of one block, times its scale
-    const BlockQ8_0& block = f.blocks[f.feature / BlockQ8_0::size];
-    const __m128i q = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block.q + f.feature % BlockQ8_0::size));
-    return {_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q)), _mm512_set1_ps(scale_of(block)))};
+  static SDPA_ALWAYS_INLINE Vec load(const std::int8_t* p) {
+    return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))))};
   }
   static SDPA_ALWAYS_INLINE Vec broadcast(float x) { return {_mm512_set1_ps(x)}; }
   static SDPA_ALWAYS_INLINE Vec zero() { return {_mm512_setzero_ps()}; }

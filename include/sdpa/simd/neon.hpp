@@ -25,13 +25,13 @@ struct Vec<float, neon> {
   static SDPA_ALWAYS_INLINE Vec load(const Eigen::bfloat16* p) {  // bf16 is a float's top half: shift it up
     return {vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(reinterpret_cast<const std::uint16_t*>(p)), 16))};
   }
-  static SDPA_ALWAYS_INLINE Vec load(detail::QuantizedFeatures f) {  // 4 int8 of one block, times its scale
-    const BlockQ8_0& block = f.blocks[f.feature / BlockQ8_0::size];
+  static SDPA_ALWAYS_INLINE Vec load(const std::int8_t* p) {
     std::int32_t four;  // exactly 4 bytes: an 8-byte load could read past the last block
-    std::memcpy(&four, block.q + f.feature % BlockQ8_0::size, sizeof four);
+    std::memcpy(&four, p, sizeof four);
     const int16x8_t wide = vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(four)));
-    return {vmulq_n_f32(vcvtq_f32_s32(vmovl_s16(vget_low_s16(wide))), float(block.scale))};
+    return {vcvtq_f32_s32(vmovl_s16(vget_low_s16(wide)))};
   }
+  static SDPA_ALWAYS_INLINE float scale_of(const BlockQ8_0& block) { return float(block.scale); }  // fcvt
   static SDPA_ALWAYS_INLINE Vec broadcast(float x) { return {vdupq_n_f32(x)}; }
   static SDPA_ALWAYS_INLINE Vec zero() { return {vdupq_n_f32(0.0f)}; }
   SDPA_ALWAYS_INLINE void store(float* p) const { vst1q_f32(p, v); }

@@ -20,7 +20,8 @@ struct Vec<T, scalar> {
   static SDPA_ALWAYS_INLINE Vec load(const T* p) { return {*p}; }
   template <class S, class = std::enable_if_t<is_half_precision<S>>>
   static SDPA_ALWAYS_INLINE Vec load(const S* p) { return {T(*p)}; }
-  static SDPA_ALWAYS_INLINE Vec load(detail::QuantizedFeatures f) { return {T(detail::feature(f.blocks, f.feature))}; }
+  static SDPA_ALWAYS_INLINE Vec load(const std::int8_t* p) { return {T(*p)}; }
+  static SDPA_ALWAYS_INLINE float scale_of(const BlockQ8_0& block) { return float(block.scale); }
   static SDPA_ALWAYS_INLINE Vec broadcast(T x) { return {x}; }
   static SDPA_ALWAYS_INLINE Vec zero() { return {T(0)}; }
   SDPA_ALWAYS_INLINE void store(T* p) const { *p = v; }
