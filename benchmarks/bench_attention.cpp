@@ -11,6 +11,9 @@
 //                                                   SDPA_DISPATCH (dispatch_build.cpp): its own pick
 //   attention/simd_dispatch_avx2/...                that build's AVX2 kernels (on an AVX-512 CPU),
 //                                                   to read against fma_peak/avx2
+//   attention/simd_bf16/..., attention/simd_f16/... Kernel::Simd on Eigen::bfloat16 / Eigen::half Q, K,
+//                                                   V and output (the same values rounded), N >= 1024;
+//   attention/simd_dispatch[_avx2]_{bf16,f16}/...   and the dispatch build's: read against attention/simd
 //
 // The Simd paths also report peak_fraction: their rate over the FMA rate of the ISA that ran,
 // the FMA loop run right after each iteration (see PeakFraction).
@@ -289,6 +292,48 @@ void run_sdpa_heads(Workspace& w, Index heads, const sdpa::Options& options) {
                          w.out.middleCols(h * d, d), options);
 }
 
+/// The workspace's Q, K, V (and an output) rounded to the 16-bit type S, made once per shape.
+template <class S>
+struct HalfWorkspace {
+  using Half = Eigen::Matrix<S, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  Index n = -1, d = -1;
+  Half q, k, v, out;
+  static HalfWorkspace& get(const Workspace& w) {
+    static HalfWorkspace h;
+    if (h.n != w.n || h.d != w.d) {
+      h.n = w.n;
+      h.d = w.d;
+      h.q = w.q.cast<S>();
+      h.k = w.k.cast<S>();
+      h.v = w.v.cast<S>();
+      h.out = w.out.cast<S>();
+    }
+    return h;
+  }
+};
+
+/// Kernel::Simd on 16-bit storage, 8 heads as column slices, as BM_sdpa does for float.
+template <class S>
+void BM_sdpa_half(benchmark::State& state, Index n, Index d, bool causal, int threads) {
+  set_threads(threads);
+  HalfWorkspace<S>& w = HalfWorkspace<S>::get(Workspace::get(n, d));
+  sdpa::Options options;
+  options.kernel = sdpa::Kernel::Simd;
+  options.causal = causal;
+  options.threads = threads;
+  const auto run = [&](Index heads) {
+    for (Index h = 0; h < heads; ++h)
+      sdpa::attention_into(w.q.middleCols(h * d, d), w.k.middleCols(h * d, d), w.v.middleCols(h * d, d),
+                           w.out.middleCols(h * d, d), options);
+  };
+  run(1);  // untimed: grows the scratch
+  for (auto _ : state) {
+    run(kHeads);
+    benchmark::ClobberMemory();
+  }
+  set_gflops(state, attention_flops(n, d, causal));
+}
+
 void BM_sdpa(benchmark::State& state, std::string path, Index n, Index d, bool causal, int threads) {
   set_threads(threads);
   Workspace& w = Workspace::get(n, d);
@@ -311,10 +356,12 @@ void BM_sdpa(benchmark::State& state, std::string path, Index n, Index d, bool c
 }
 
 #if SDPA_BENCH_DISPATCH
-void BM_sdpa_dispatch(benchmark::State& state, const char* isa, Index n, Index d, bool causal, int threads) {
+void BM_sdpa_dispatch(benchmark::State& state, const char* isa, Index n, Index d, bool causal, int threads,
+                      DispatchStorage storage) {
   set_threads(threads);
   Workspace& w = Workspace::get(n, d);
-  const DispatchHeads call{w.q.data(), w.k.data(), w.v.data(), w.out.data(), long(n), long(d), 1, causal, threads};
+  const DispatchHeads call{w.q.data(), w.k.data(), w.v.data(), w.out.data(), long(n), long(d), 1,
+                           long(w.q.cols()), causal, threads, storage};
   DispatchHeads all = call;
   all.heads = kHeads;
   const char* ran = dispatch_build_attention(call, isa);
@@ -446,15 +493,26 @@ void register_all() {
 #if SDPA_BENCH_DISPATCH
           // The dispatch build beside the -march one, from the sizes where the kernels dominate.
           if (n >= kDispatchMinN) {
-            benchmark::RegisterBenchmark(("attention/simd_dispatch/" + tail).c_str(), BM_sdpa_dispatch, nullptr, n, d,
-                                         causal, threads)
-                ->UseRealTime();
-            if (sdpa::cpu_supports(sdpa::Isa::avx512))  // otherwise simd_dispatch already runs AVX2
-              benchmark::RegisterBenchmark(("attention/simd_dispatch_avx2/" + tail).c_str(), BM_sdpa_dispatch, "avx2",
-                                           n, d, causal, threads)
+            for (const auto& [suffix, storage] : {std::pair{"", DispatchStorage::f32}, {"_bf16", DispatchStorage::bf16},
+                                                  {"_f16", DispatchStorage::f16}}) {
+              benchmark::RegisterBenchmark(("attention/simd_dispatch" + std::string(suffix) + "/" + tail).c_str(),
+                                           BM_sdpa_dispatch, nullptr, n, d, causal, threads, storage)
                   ->UseRealTime();
+              if (sdpa::cpu_supports(sdpa::Isa::avx512))  // otherwise simd_dispatch already runs AVX2
+                benchmark::RegisterBenchmark(("attention/simd_dispatch_avx2" + std::string(suffix) + "/" + tail).c_str(),
+                                             BM_sdpa_dispatch, "avx2", n, d, causal, threads, storage)
+                    ->UseRealTime();
+            }
           }
 #endif
+          if (n >= kDispatchMinN) {  // 16-bit storage, from the sizes where the kernels dominate
+            benchmark::RegisterBenchmark(("attention/simd_bf16/" + tail).c_str(), BM_sdpa_half<Eigen::bfloat16>, n, d,
+                                         causal, threads)
+                ->UseRealTime();
+            benchmark::RegisterBenchmark(("attention/simd_f16/" + tail).c_str(), BM_sdpa_half<Eigen::half>, n, d,
+                                         causal, threads)
+                ->UseRealTime();
+          }
           // The unfused baselines compute every pair whatever the mask: causal would only
           // add a masking pass to the same work, so they are measured non-causal only.
           if (causal) continue;

@@ -24,6 +24,20 @@ template <> struct RegisterBlock<simd::scalar> { static constexpr int rows = 4, 
 
 namespace microkernels {
 
+/// W features of a row from `row` on: loaded as the vector type says (float, 16-bit), or for an
+/// int8 row (detail::QuantizedFeatures, within one block) the block's integers widened and
+/// times its scale. (Here, not in simd/arch.hpp: code inlining a target's vectors must be
+/// compiled inside that target.)
+template <class V, class P>
+SDPA_ALWAYS_INLINE V load(const P* row) {
+  return V::load(row);
+}
+template <class V>
+SDPA_ALWAYS_INLINE V load(detail::QuantizedFeatures f) {
+  const BlockQ8_0& block = f.blocks[f.feature / BlockQ8_0::size];
+  return V::load(block.q + f.feature % BlockQ8_0::size) * V::broadcast(V::scale_of(block));
+}
+
 /// Calls f(std::integral_constant<int, n>) for the runtime n in [1, R]: the remainder rows of
 /// a tile get a microkernel of their own exact height.
 template <int R, class F>
@@ -41,7 +55,7 @@ template <class V, int R, int C, class Row>
 SDPA_ALWAYS_INLINE void rank1_update(const float* column, Index stride, Row row, V (&acc)[R][C]) {
   V loaded[C];
   SDPA_UNROLL
-  for (int c = 0; c < C; ++c) loaded[c] = simd::load<V>(row + c * V::width);
+  for (int c = 0; c < C; ++c) loaded[c] = load<V>(row + c * V::width);
   SDPA_UNROLL
   for (int r = 0; r < R; ++r) {
     const V scalar = V::broadcast(column[r * stride]);

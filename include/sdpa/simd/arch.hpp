@@ -24,18 +24,5 @@ struct avx512 {};
 template <class T, class Arch>
 struct Vec;  // specialised in scalar.hpp, avx2.hpp, avx512.hpp, neon.hpp
 
-/// W features of an int8 row from feature f.feature on (within one block): the block's
-/// integers, widened, times its scale. Each ISA gives Vec::load(const int8_t*) and scale_of.
-template <class V>
-SDPA_ALWAYS_INLINE V load(detail::QuantizedFeatures f) {
-  const BlockQ8_0& block = f.blocks[f.feature / BlockQ8_0::size];
-  return V::load(block.q + f.feature % BlockQ8_0::size) * V::broadcast(V::scale_of(block));
-}
-/// Everything else loads as the vector type itself says.
-template <class V, class P>
-SDPA_ALWAYS_INLINE V load(const P* p) {
-  return V::load(p);
-}
-
 }  // namespace simd
 SDPA_END_NAMESPACE
