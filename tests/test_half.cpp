@@ -185,10 +185,11 @@ namespace {
 
 /// Grouped-query decoding of `tokens` new tokens per head: H query heads over H / group
 /// key/value heads of a 16-bit (or float) cache, against the reference head by head.
+/// (Sizes are kept small: under qemu the long-double reference is software quad precision.)
 template <class S>
-void check_grouped_decoding(Index group, Index tokens, bool causal, bool padded) {
+void check_grouped_decoding(Index group, Index tokens, bool causal, bool padded, Index B = 2, Index N = 400) {
   auto gen = rng(Index(100 * group + 10 * tokens) + causal + 2 * padded);
-  const Index B = 2, Hkv = 2, H = Hkv * group, N = 600, d = 32;
+  const Index Hkv = 2, H = Hkv * group, d = 32;
   std::vector<float> qs(std::size_t(B * H * tokens * d));
   std::uniform_real_distribution<float> dist(-1, 1);
   for (float& x : qs) x = dist(gen);
@@ -196,19 +197,20 @@ void check_grouped_decoding(Index group, Index tokens, bool causal, bool padded)
   sdpa::KVCache<S> cache(B, Hkv, d, d, N);
   for (Index b = 0; b < B; ++b)
     cache.append(b, random_matrix<float>(N, Hkv * d, gen), random_matrix<float>(N, Hkv * d, gen));
-  const auto tensor = [&](const sdpa::MatrixView<const S>& first, const sdpa::MatrixView<const S>& next_head,
-                          const sdpa::MatrixView<const S>& next_sequence) {
-    return TensorView<const S>{first.data, B, Hkv, N, first.cols, next_sequence.data - first.data,
-                               next_head.data - first.data, first.row_stride};
+  const auto tensor = [&](auto part) {  // part(sequence, head): the cache's view of K or V
+    const sdpa::MatrixView<const S> first = part(0, 0);
+    const Index batch_stride = B > 1 ? part(1, 0).data - first.data : 0;
+    return TensorView<const S>{first.data, B, Hkv, N, first.cols, batch_stride, part(0, 1).data - first.data,
+                               first.row_stride};
   };
-  const auto k = tensor(cache.keys(0, 0), cache.keys(0, 1), cache.keys(1, 0));
-  const auto v = tensor(cache.values(0, 0), cache.values(0, 1), cache.values(1, 0));
+  const auto k = tensor([&](Index b, Index h) { return cache.keys(b, h); });
+  const auto v = tensor([&](Index b, Index h) { return cache.values(b, h); });
   std::vector<float> os(qs.size());
   const auto q = TensorView<const float>::bnhd(qs.data(), B, tokens, H, d);  // the layout a projection gives
   const auto o = TensorView<float>::bnhd(os.data(), B, tokens, H, d);
   sdpa::Options options;
   options.causal = causal;
-  if (padded) options.sequence_lengths = {N - 37, N};
+  if (padded) options.sequence_lengths.assign(std::size_t(B), N), options.sequence_lengths[0] = N - 37;
   sdpa::attention(q, k, v, o, options);
   for (Index b = 0; b < B; ++b)
     for (Index h = 0; h < H; ++h) {
@@ -225,16 +227,17 @@ void check_grouped_decoding(Index group, Index tokens, bool causal, bool padded)
 }  // namespace
 
 TEST_CASE("grouped-query decoding reads each kv head once for any group size and a few tokens", "[half]") {
-  for (const Index group : {1, 2, 3, 4, 5, 8, 16})
+  for (const Index group : {1, 2, 3, 5, 8, 16})
     for (const Index tokens : {1, 2, 4})
-      for (const bool causal : {false, true}) {
-        check_grouped_decoding<float>(group, tokens, causal, group == 8);
-        check_grouped_decoding<bf16>(group, tokens, causal, group == 5);
-      }
-  check_grouped_decoding<fp16>(16, 1, true, true);
-  check_grouped_decoding<fp16>(7, 3, true, false);
-  for (const Index group : {1, 4, 8})
-    for (const Index tokens : {1, 3}) check_grouped_decoding<sdpa::BlockQ8_0>(group, tokens, true, group == 8);
+      for (const bool causal : {false, true}) check_grouped_decoding<float>(group, tokens, causal, group == 8);
+  for (const Index group : {2, 7, 16}) {
+    check_grouped_decoding<bf16>(group, 3, true, group == 7);
+    check_grouped_decoding<fp16>(group, 1, false, group == 2);
+    check_grouped_decoding<sdpa::BlockQ8_0>(group, group == 2 ? 4 : 1, true, group == 16);
+  }
+  // One sequence of two kv groups: few work items, so each splits its 1100 keys into pieces.
+  check_grouped_decoding<bf16>(8, 2, true, true, 1, 1100);
+  check_grouped_decoding<sdpa::BlockQ8_0>(4, 1, false, false, 1, 1100);
 }
 
 namespace {
