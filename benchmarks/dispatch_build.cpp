@@ -1,5 +1,8 @@
 // benchmarks/dispatch_build.cpp - built with -march=x86-64 -DSDPA_DISPATCH=1 (see
 // dispatch_build.hpp and CMakeLists.txt).
+// Its ISA namespace is not the other files': it compiles its own kernels, not sdpa_kernels'.
+#undef SDPA_EXTERN_KERNELS
+
 #include "dispatch_build.hpp"
 
 #include <sdpa/sdpa.hpp>

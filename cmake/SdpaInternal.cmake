@@ -21,3 +21,15 @@ function(sdpa_internal_target target)
     target_link_options(${target} PRIVATE -fsanitize=${SDPA_SANITIZE})
   endif()
 endfunction()
+
+# The kernels, compiled once for all of sdpa's own programs (SDPA_KERNELS_ONCE) with the flags
+# above; sdpa_link_kernels(<target>) links them into a program.
+if(SDPA_KERNELS_ONCE)
+  sdpa_add_kernels(sdpa_kernels)
+  sdpa_internal_target(sdpa_kernels)
+endif()
+function(sdpa_link_kernels target)
+  if(SDPA_KERNELS_ONCE)
+    target_link_libraries(${target} PRIVATE sdpa_kernels)
+  endif()
+endfunction()

@@ -3,30 +3,84 @@
 //
 // A per-target file (see simd/exp-inl.hpp): included by kernels/targets.hpp only.
 
+/// One target's paths for Q and out of type Q and K, V of type S (a storage pair, storage.hpp).
+/// A class template whose functions are defined out of line, so that a program may compile
+/// them in one translation unit (SDPA_EXTERN_KERNELS, kernels/instances.hpp) rather than in
+/// every file that calls attention. Each function compiles for every storage pair, and is only
+/// called for the pairs its path supports (Simd: float compute; Blocked: no int8).
+template <class Q, class S>
+struct Paths {
+  static void simd_head(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<Q> out,
+                        compute_type<Q>* lse, double scale, const detail::HeadMasks& masks, const Options& options);
+  static void simd_batch(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
+                         const TensorView<Q>& out, double scale, const Options& options);
+  static void blocked_head(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<Q> out,
+                           compute_type<Q>* lse, double scale, const detail::HeadMasks& masks,
+                           const Options& options);
+  static void blocked_batch(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
+                            const TensorView<Q>& out, double scale, const Options& options);
+};
+
+template <class Q, class S>
+void Paths<Q, S>::simd_head(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<Q> out,
+                            compute_type<Q>* lse, double scale, const detail::HeadMasks& masks,
+                            const Options& options) {
+  if constexpr (std::is_same_v<compute_type<Q>, float>) simd_attention(q, k, v, out, scale, masks, options, lse);
+}
+template <class Q, class S>
+void Paths<Q, S>::simd_batch(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
+                             const TensorView<Q>& out, double scale, const Options& options) {
+  if constexpr (std::is_same_v<compute_type<Q>, float>) simd_batched(q, k, v, out, scale, options);
+}
+template <class Q, class S>
+void Paths<Q, S>::blocked_head(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v,
+                               MatrixView<Q> out, compute_type<Q>* lse, double scale,
+                               const detail::HeadMasks& masks, const Options& options) {
+  if constexpr (!is_quantized<S>) blocked_attention(q, k, v, out, scale, masks, options, lse);
+}
+template <class Q, class S>
+void Paths<Q, S>::blocked_batch(const TensorView<const Q>& q, const TensorView<const S>& k,
+                                const TensorView<const S>& v, const TensorView<Q>& out, double scale,
+                                const Options& options) {
+  if constexpr (!is_quantized<S>) batched_tiled<BlockedTiles<compute_type<Q>, S>>(q, k, v, out, scale, options);
+}
+
+/// The target, as kernels::with_target hands it to the front end: the paths of any storage
+/// pair, deduced from the arguments.
 struct Target {
   static constexpr Isa isa = kIsa;
 
-  /// Q and out of type Q (float or 16-bit), K and V of type S (float or 16-bit).
   template <class Q, class S>
   static void simd_head(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<Q> out,
                         float* lse, double scale, const detail::HeadMasks& masks, const Options& options) {
-    simd_attention(q, k, v, out, scale, masks, options, lse);
+    Paths<Q, S>::simd_head(q, k, v, out, lse, scale, masks, options);
   }
   template <class Q, class S>
   static void simd_batch(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
                          const TensorView<Q>& out, double scale, const Options& options) {
-    simd_batched(q, k, v, out, scale, options);
+    Paths<Q, S>::simd_batch(q, k, v, out, scale, options);
   }
   template <class Q, class S>
   static void blocked_head(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<Q> out,
                            compute_type<Q>* lse, double scale, const detail::HeadMasks& masks,
                            const Options& options) {
-    blocked_attention(q, k, v, out, scale, masks, options, lse);
+    Paths<Q, S>::blocked_head(q, k, v, out, lse, scale, masks, options);
   }
   template <class Q, class S>
   static void blocked_batch(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
                             const TensorView<Q>& out, double scale, const Options& options) {
-    batched_tiled<BlockedTiles<compute_type<Q>, S>>(q, k, v, out, scale, options);
+    Paths<Q, S>::blocked_batch(q, k, v, out, scale, options);
   }
   static MicrokernelSet microkernels() { return testing::set(); }
 };
+
+// The explicit instantiations (kernels/targets.hpp, "Compiling the kernels once").
+#if defined(SDPA_INSTANTIATE_KERNELS) || defined(SDPA_KERNELS_SELECTED)
+#define SDPA_PATHS_OF(Q, S) template struct Paths<Q, S>;
+#elif defined(SDPA_EXTERN_KERNELS)
+#define SDPA_PATHS_OF(Q, S) extern template struct Paths<Q, S>;
+#else
+#define SDPA_PATHS_OF(Q, S)
+#endif
+SDPA_FOR_EACH_STORAGE_PAIR(SDPA_PATHS_OF)
+#undef SDPA_PATHS_OF

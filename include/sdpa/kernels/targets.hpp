@@ -71,6 +71,21 @@ struct MicrokernelSet {
 }  // namespace kernels
 SDPA_END_NAMESPACE
 
+// Every storage pair (storage.hpp, detail::is_storage_pair), for the explicit instantiations.
+#define SDPA_FOR_EACH_STORAGE_PAIR(X)                                                                 \
+  X(float, float) X(double, double) X(long double, long double) X(Eigen::bfloat16, Eigen::bfloat16)   \
+  X(Eigen::half, Eigen::half) X(float, Eigen::bfloat16) X(float, Eigen::half) X(float, BlockQ8_0)     \
+  X(Eigen::bfloat16, Eigen::half) X(Eigen::bfloat16, BlockQ8_0) X(Eigen::half, Eigen::bfloat16)        \
+  X(Eigen::half, BlockQ8_0)
+
+// Compiling the kernels once per program (README, "Build time"). The paths (entry-inl.hpp,
+// Paths<Q, S>) are what takes a compiler its time. A program may define SDPA_EXTERN_KERNELS in
+// all of its translation units, so that they only declare the paths, and in one of them also
+// SDPA_INSTANTIATE_KERNELS, which compiles every target's paths for every storage pair there;
+// or SDPA_INSTANTIATE_KERNELS_<TARGET> (AVX512, AVX2, NEON, SCALAR) in one unit per target,
+// which a parallel build compiles side by side. Every unit must see the same ISA flags.
+// Each target's block below sets SDPA_KERNELS_SELECTED when its own macro is defined.
+
 // Opens (closes) a target's namespace, where target-inl.hpp's files find `Arch`, the
 // target's vector tag, and `kIsa`, its Isa.
 #define SDPA_TARGET_KERNELS(name, isa_value)          \
@@ -88,9 +103,13 @@ SDPA_END_NAMESPACE
 SDPA_TARGET_BEGIN(SDPA_FEATURES_AVX512)
 #endif
 #include "../simd/avx512.hpp"
+#ifdef SDPA_INSTANTIATE_KERNELS_AVX512
+#define SDPA_KERNELS_SELECTED
+#endif
 SDPA_TARGET_KERNELS(avx512, Isa::avx512)
 #include "target-inl.hpp"
 SDPA_TARGET_KERNELS_END
+#undef SDPA_KERNELS_SELECTED
 #if !SDPA_BUILD_AVX512
 SDPA_TARGET_END
 #endif
@@ -101,9 +120,13 @@ SDPA_TARGET_END
 SDPA_TARGET_BEGIN(SDPA_FEATURES_AVX2)
 #endif
 #include "../simd/avx2.hpp"
+#ifdef SDPA_INSTANTIATE_KERNELS_AVX2
+#define SDPA_KERNELS_SELECTED
+#endif
 SDPA_TARGET_KERNELS(avx2, Isa::avx2)
 #include "target-inl.hpp"
 SDPA_TARGET_KERNELS_END
+#undef SDPA_KERNELS_SELECTED
 #if !SDPA_BUILD_AVX2
 SDPA_TARGET_END
 #endif
@@ -111,14 +134,22 @@ SDPA_TARGET_END
 
 #if SDPA_TARGET_NEON  // NEON is part of every AArch64 baseline: no attributes needed
 #include "../simd/neon.hpp"
+#ifdef SDPA_INSTANTIATE_KERNELS_NEON
+#define SDPA_KERNELS_SELECTED
+#endif
 SDPA_TARGET_KERNELS(neon, Isa::neon)
 #include "target-inl.hpp"
 SDPA_TARGET_KERNELS_END
+#undef SDPA_KERNELS_SELECTED
 #endif
 
+#ifdef SDPA_INSTANTIATE_KERNELS_SCALAR
+#define SDPA_KERNELS_SELECTED
+#endif
 SDPA_TARGET_KERNELS(scalar, Isa::scalar)  // always, with the build's own flags
 #include "target-inl.hpp"
 SDPA_TARGET_KERNELS_END
+#undef SDPA_KERNELS_SELECTED
 
 #undef SDPA_TARGET_KERNELS
 #undef SDPA_TARGET_KERNELS_END
