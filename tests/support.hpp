@@ -157,6 +157,21 @@ Wide tolerance(const Expected& e, Index i, Index nk, Index dk) {
   return 2 * relative * e.value_magnitude[std::size_t(i)] + std::numeric_limits<T>::min();
 }
 
+/// The largest error of a result stored as O, computed in float: the float path's tolerance
+/// (support.hpp), then one rounding to O, which is off by at most O's unit roundoff u (2^-8 for
+/// bf16, 2^-11 for fp16) times the float result, or half O's smallest subnormal spacing near 0:
+///     |round(x) - exact| <= |x - exact| + u |x| <= tol + u (|exact| + tol).
+/// (The constants are written out: Eigen 3.4's numeric_limits<Eigen::half>::epsilon() is 2^-13,
+/// not fp16's 2^-10.)
+template <class O>
+Wide stored_tolerance(Wide float_tolerance, Wide exact) {
+  if constexpr (std::is_same_v<O, float>) return float_tolerance;
+  constexpr bool bf = std::is_same_v<O, Eigen::bfloat16>;
+  const Wide u = std::ldexp(Wide(1), bf ? -8 : -11);       // 8 and 11 significant bits
+  const Wide tiny = std::ldexp(Wide(1), bf ? -134 : -25);  // half the smallest subnormal
+  return float_tolerance + u * (std::fabs(exact) + float_tolerance) + tiny;
+}
+
 /// Checks every element of `got` against the reference within the row's tolerance and
 /// reports the worst element when one is out.
 template <class T>

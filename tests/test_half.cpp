@@ -54,21 +54,6 @@ Matrix<float> widened(const Matrix<S>& m) {
   return m.template cast<float>();
 }
 
-/// The largest error of a result stored as O, computed in float: the float path's tolerance
-/// (support.hpp), then one rounding to O, which is off by at most O's unit roundoff u (2^-8 for
-/// bf16, 2^-11 for fp16) times the float result, or half O's smallest subnormal spacing near 0:
-///     |round(x) - exact| <= |x - exact| + u |x| <= tol + u (|exact| + tol).
-/// (The constants are written out: Eigen 3.4's numeric_limits<Eigen::half>::epsilon() is 2^-13,
-/// not fp16's 2^-10.)
-template <class O>
-Wide stored_tolerance(Wide float_tolerance, Wide exact) {
-  if constexpr (std::is_same_v<O, float>) return float_tolerance;
-  constexpr bool bf = std::is_same_v<O, bf16>;
-  const Wide u = std::ldexp(Wide(1), bf ? -8 : -11);       // 8 and 11 significant bits
-  const Wide tiny = std::ldexp(Wide(1), bf ? -134 : -25);  // half the smallest subnormal
-  return float_tolerance + u * (std::fabs(exact) + float_tolerance) + tiny;
-}
-
 /// Checks a result of type O against the reference on the rounded inputs.
 template <class O>
 void check_stored(const Matrix<O>& got, const Expected& e, Index nk, Index dk, const std::string& what) {
