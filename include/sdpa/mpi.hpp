@@ -382,6 +382,12 @@ void ring_attention(MPI_Comm comm, const TensorView<const T>& q, const TensorVie
       next.resize(bytes_of((source + ranks - 1) % ranks));
       detail::post_shard(comm, current.data(), current.size(), right, next.data(), next.size(), left, requests);
     }
+    // MPI moves a large message only while the program is inside an MPI call (no progress
+    // thread by default): testing the requests between blocks keeps the transfer going.
+    const auto progress = [&] {
+      int done = 0;
+      if (!requests.empty()) MPI_Testall(int(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE);
+    };
     const auto start = std::chrono::steady_clock::now();
     const auto [ks, vs] = detail::unpack_views<S>(current.data(), q.batch, tokens_of[std::size_t(source)], kv_heads,
                                                   dk, dv);
@@ -400,9 +406,11 @@ void ring_attention(MPI_Comm comm, const TensorView<const T>& q, const TensorVie
           } else {
             std::vector<Index> lengths;
             if (visible < kr.size()) lengths = {visible};
-            for (Index h = 0; h < q.heads; ++h)
+            for (Index h = 0; h < q.heads; ++h) {
               detail::fold_block(fn, qc, ks, vs, b, h, q_first, qr.size(), k_first, kr.size(),
                                  options.causal && diagonal, lengths, options, acc, partial, partial_lse);
+              progress();
+            }
             local_stats.pairs_computed += q.heads;
           }
           k_first += kr.size();
