@@ -33,3 +33,15 @@ function(sdpa_link_kernels target)
     target_link_libraries(${target} PRIVATE sdpa_kernels)
   endif()
 endfunction()
+
+# How sdpa's tests run a program under mpirun: more ranks than cores (Open MPI's
+# --oversubscribe), as root too (Open MPI refuses to start without its two variables), one
+# thread per rank.
+if(SDPA_WITH_MPI)
+  set(SDPA_MPIEXEC_FLAGS ${MPIEXEC_PREFLAGS})
+  execute_process(COMMAND ${MPIEXEC_EXECUTABLE} --version OUTPUT_VARIABLE mpiexec_version ERROR_QUIET)
+  if(mpiexec_version MATCHES "Open MPI|OpenRTE")
+    list(APPEND SDPA_MPIEXEC_FLAGS --oversubscribe)
+  endif()
+  set(SDPA_MPI_ENVIRONMENT OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1)
+endif()
