@@ -29,7 +29,9 @@ namespace mpi {
 
 /// Global token positions [begin, end) of one sequence.
 struct TokenRange {
-  Index begin = 0, end = 0;
+  Index begin = 0;  ///< the first token's position
+  Index end = 0;    ///< one past the last token's position
+  /// Tokens in the range.
   Index size() const { return end - begin; }
 };
 
