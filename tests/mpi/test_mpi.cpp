@@ -280,6 +280,19 @@ TEST_CASE("inconsistent arguments give the same error on every rank, before any 
     require_invalid([&] {
       sdpa::mpi::ring_attention(MPI_COMM_WORLD, view(q, 2), view(k, 2), view(v, 2), out_view, shard, causal_on_last);
     }, {"mpi::ring_attention", "options.causal differs", "every rank must pass the same"});
+    // The last rank alone has d_v = 4 (the first halves of its buffers: valid alone).
+    const Index dv = last ? 4 : 8;
+    require_invalid([&] {
+      sdpa::mpi::ring_attention(MPI_COMM_WORLD, view(q, 2), view(k, 2),
+                                sdpa::TensorView<const float>::bnhd(v.data(), 1, local, 2, dv),
+                                sdpa::TensorView<float>::bnhd(out.data(), 1, local, 2, dv), shard);
+    }, {"d_v differs", "on rank 0"});
+    std::vector<float> decode_out(32);
+    require_invalid([&] {  // the last rank decodes two queries, the others one
+      sdpa::mpi::sharded_attention(MPI_COMM_WORLD, sdpa::TensorView<float>::bnhd(q.data(), 1, last ? 2 : 1, 2, 8),
+                                   view(k, 2), view(v, 2),
+                                   sdpa::TensorView<float>::bnhd(decode_out.data(), 1, last ? 2 : 1, 2, 8));
+    }, {"mpi::sharded_attention", "query tokens differs"});
     // Every rank but the last shifts its range one token on: a gap at 0 and an overlap.
     std::vector<TokenRange> shifted = shard;
     if (!last) shifted.front() = {shard.front().begin + 1, shard.front().end + 1};
