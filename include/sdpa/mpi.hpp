@@ -73,36 +73,23 @@ inline int size_of(MPI_Comm comm) {
   return size;
 }
 
-/// Every rank's string, gathered on every rank.
-inline std::vector<std::string> allgather_strings(MPI_Comm comm, const std::string& mine) {
-  const int ranks = size_of(comm);
-  int length = int(mine.size());
-  const std::size_t n = static_cast<std::size_t>(ranks);
-  std::vector<int> lengths(n), offsets(n, 0);
-  MPI_Allgather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, comm);
-  for (int r = 1; r < ranks; ++r) offsets[std::size_t(r)] = offsets[std::size_t(r - 1)] + lengths[std::size_t(r - 1)];
-  std::vector<char> all(std::size_t(offsets.back() + lengths.back()) + 1);
-  MPI_Allgatherv(mine.data(), length, MPI_CHAR, all.data(), lengths.data(), offsets.data(), MPI_CHAR, comm);
-  std::vector<std::string> out;
-  for (int r = 0; r < ranks; ++r)
-    out.emplace_back(all.data() + offsets[std::size_t(r)], std::size_t(lengths[std::size_t(r)]));
+/// Every rank's vector (any lengths), gathered on every rank; `type` is T's MPI datatype.
+template <class T>
+std::vector<std::vector<T>> allgather(MPI_Comm comm, const std::vector<T>& mine, MPI_Datatype type) {
+  const std::size_t ranks = static_cast<std::size_t>(size_of(comm));
+  int count = int(mine.size());
+  std::vector<int> counts(ranks), offsets(ranks, 0);
+  MPI_Allgather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, comm);
+  for (std::size_t r = 1; r < ranks; ++r) offsets[r] = offsets[r - 1] + counts[r - 1];
+  std::vector<T> all(std::size_t(offsets.back() + counts.back()));
+  MPI_Allgatherv(mine.data(), count, type, all.data(), counts.data(), offsets.data(), type, comm);
+  std::vector<std::vector<T>> out(ranks);
+  for (std::size_t r = 0; r < ranks; ++r)
+    if (counts[r] > 0) out[r].assign(all.data() + offsets[r], all.data() + offsets[r] + counts[r]);
   return out;
 }
-
-/// Every rank's vector of integers (any lengths), gathered on every rank.
 inline std::vector<std::vector<long long>> allgather_ints(MPI_Comm comm, const std::vector<long long>& mine) {
-  const int ranks = size_of(comm);
-  int count = int(mine.size());
-  const std::size_t n = static_cast<std::size_t>(ranks);
-  std::vector<int> counts(n), offsets(n, 0);
-  MPI_Allgather(&count, 1, MPI_INT, counts.data(), 1, MPI_INT, comm);
-  for (int r = 1; r < ranks; ++r) offsets[std::size_t(r)] = offsets[std::size_t(r - 1)] + counts[std::size_t(r - 1)];
-  std::vector<long long> all(std::size_t(offsets.back() + counts.back()));
-  MPI_Allgatherv(mine.data(), count, MPI_LONG_LONG, all.data(), counts.data(), offsets.data(), MPI_LONG_LONG, comm);
-  std::vector<std::vector<long long>> out;
-  for (int r = 0; r < ranks; ++r)
-    out.emplace_back(all.begin() + offsets[std::size_t(r)], all.begin() + offsets[std::size_t(r)] + counts[std::size_t(r)]);
-  return out;
+  return allgather(comm, mine, MPI_LONG_LONG);
 }
 
 /// The collective half of validation: each rank's own checks ran in `local` (which throws
@@ -117,10 +104,12 @@ void check_on_every_rank(MPI_Comm comm, const char* function, Checks&& local) {
   } catch (const std::invalid_argument& e) {
     mine = e.what();
   }
-  const std::vector<std::string> all = allgather_strings(comm, mine);
+  const auto all = allgather(comm, std::vector<char>(mine.begin(), mine.end()), MPI_CHAR);
   std::string message;
   for (std::size_t r = 0; r < all.size(); ++r)
-    if (!all[r].empty()) message += (message.empty() ? "" : "; ") + std::string("rank ") + std::to_string(r) + ": " + all[r];
+    if (!all[r].empty())
+      message += (message.empty() ? "" : "; ") + std::string("rank ") + std::to_string(r) + ": " +
+                 std::string(all[r].begin(), all[r].end());
   if (!message.empty()) fail(function, message);
 }
 
@@ -166,6 +155,15 @@ inline void post_shard(MPI_Comm comm, const unsigned char* send, std::size_t sen
     MPI_Isend(send + offset, int(std::min(kPiece, send_bytes - offset)), MPI_BYTE, to, int(tag), comm,
               &requests.back());
   }
+}
+
+/// options.sequence_lengths in global terms: one per sequence, each within the `total` tokens.
+inline void check_sequence_lengths(const char* function, const Options& options, Index batch, Index total) {
+  for (const Index length : options.sequence_lengths)
+    if (length < 0 || length > total)
+      fail(function, "options.sequence_lengths holds ", length, " but the sequence has ", total, " tokens");
+  if (!options.sequence_lengths.empty() && Index(options.sequence_lengths.size()) != batch)
+    fail(function, "options.sequence_lengths has ", options.sequence_lengths.size(), " entries for a batch of ", batch);
 }
 
 /// Options a sharded call passes to each block: the caller's scale, kernel, tiles and
@@ -360,12 +358,7 @@ void ring_attention(MPI_Comm comm, const TensorView<const T>& q, const TensorVie
                      std::min(begin, next), ": together they must cover [0, ", total, ") once");
       next = end;
     }
-    for (const Index length : options.sequence_lengths)
-      if (length < 0 || length > total)
-        detail::fail(fn, "options.sequence_lengths holds ", length, " but the sequence has ", total, " tokens");
-    if (!options.sequence_lengths.empty() && Index(options.sequence_lengths.size()) != q.batch)
-      detail::fail(fn, "options.sequence_lengths has ", options.sequence_lengths.size(), " entries for a batch of ",
-                   q.batch);
+    detail::check_sequence_lengths(fn, options, q.batch, total);
   });
   if (q.batch == 0 || q.heads == 0 || total == 0) return;
 
@@ -464,12 +457,7 @@ void sharded_attention(MPI_Comm comm, const TensorView<T>& q, const TensorView<c
   detail::check_on_every_rank(comm, fn, [&] {
     if (rank != 0) return;
     detail::check_same(fn, all, {"batch", "heads", "query tokens", "kv heads", "d_k", "d_v", "options.causal"});
-    for (const Index length : options.sequence_lengths)
-      if (length < 0 || length > total)
-        detail::fail(fn, "options.sequence_lengths holds ", length, " but the cache has ", total, " tokens");
-    if (!options.sequence_lengths.empty() && Index(options.sequence_lengths.size()) != q.batch)
-      detail::fail(fn, "options.sequence_lengths has ", options.sequence_lengths.size(), " entries for a batch of ",
-                   q.batch);
+    detail::check_sequence_lengths(fn, options, q.batch, total);
   });
   if (q.batch == 0 || q.heads == 0 || q.tokens == 0) return;
 

@@ -21,6 +21,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -86,26 +87,33 @@ Wide merge_tolerance(const Expected& e, Index i, Index pieces) {
   return 2 * Wide(pieces) * (4 * eps * (lse + 1) + 3 * eps) * e.value_magnitude[std::size_t(i)];
 }
 
+/// The long-double reference of head h of sequence b: its last `queries` query rows against
+/// all N keys, with the global causal mask and padding.
+Expected reference_of(const Problem& p, const std::vector<float>& q, const std::vector<float>& k,
+                      const std::vector<float>& v, Index b, Index h, Index queries, bool causal,
+                      const std::vector<Index>& lengths) {
+  MaskSpec mask;
+  mask.causal = causal;
+  if (!lengths.empty()) mask.lengths = {lengths[std::size_t(b)]};
+  const Index g = h / (p.heads / p.kv_heads);
+  const Matrix<float> qh = Problem::head(q, b, p.tokens, p.heads, h, p.dk).bottomRows(queries);
+  return reference(qh, Problem::head(k, b, p.tokens, p.kv_heads, g, p.dk),
+                   Problem::head(v, b, p.tokens, p.kv_heads, g, p.dv), 1.0 / std::sqrt(double(p.dk)), mask);
+}
+
 /// Checks this rank's rows of `got` ([B, n, H, dv] in T, the rows of `shard`) against the
 /// reference of the whole problem, rounded once to T at the end (stored_tolerance).
 template <class T>
 void check_rows(const Problem& p, const std::vector<float>& q, const std::vector<float>& k,
                 const std::vector<float>& v, const std::vector<T>& got, const std::vector<TokenRange>& shard,
                 bool causal, const std::vector<Index>& lengths, Index pieces, const std::string& what) {
-  const double scale = 1.0 / std::sqrt(double(p.dk));
   Wide worst = 0;
   bool finite = true;
   Index n_local = 0;
   for (const TokenRange& r : shard) n_local += r.size();
   for (Index b = 0; b < p.batch; ++b)
     for (Index h = 0; h < p.heads; ++h) {
-      MaskSpec mask;
-      mask.causal = causal;
-      if (!lengths.empty()) mask.lengths = {lengths[std::size_t(b)]};
-      const Index g = h / (p.heads / p.kv_heads);
-      const Expected e = reference(Problem::head(q, b, p.tokens, p.heads, h, p.dk),
-                                   Problem::head(k, b, p.tokens, p.kv_heads, g, p.dk),
-                                   Problem::head(v, b, p.tokens, p.kv_heads, g, p.dv), scale, mask);
+      const Expected e = reference_of(p, q, k, v, b, h, p.tokens, causal, lengths);
       Index local = 0;
       for (const TokenRange& r : shard)
         for (Index i = r.begin; i < r.end; ++i, ++local)
@@ -159,13 +167,13 @@ std::vector<Index> uneven_sizes() {
   for (int r = 0; r < world_size(); ++r) sizes.push_back(world_size() >= 3 && r == 1 ? 0 : 2 * r + 5);
   return sizes;
 }
+Index total_of(const std::vector<Index>& sizes) { return std::accumulate(sizes.begin(), sizes.end(), Index(0)); }
 
 }  // namespace
 
 TEST_CASE("ring attention equals one process: contiguous uneven shards, an empty one, grouped heads", "[mpi]") {
   const std::vector<Index> sizes = uneven_sizes();
-  Index n = 0;
-  for (Index s : sizes) n += s;
+  const Index n = total_of(sizes);
   const Problem p(2, n, 4, 2, 16, 8, 1);
   check_ring<float>(p, shard_of_sizes(sizes), false, {}, "non-causal");
   check_ring<float>(p, shard_of_sizes(sizes), true, {}, "causal, contiguous shards");
@@ -222,17 +230,10 @@ void check_decode(const Problem& p, Index queries, const std::vector<Index>& siz
                                          options);
   CHECK(q == rows_of<float>(p.q, p.batch, p.tokens, p.heads, p.dk, {last}));  // broadcast from the root
   // The reference: the last `queries` rows of the whole problem's attention.
-  const double scale = 1.0 / std::sqrt(double(p.dk));
   Wide worst = 0;
   for (Index b = 0; b < p.batch; ++b)
     for (Index h = 0; h < p.heads; ++h) {
-      MaskSpec mask;
-      mask.causal = causal;
-      if (!lengths.empty()) mask.lengths = {lengths[std::size_t(b)]};
-      const Index g = h / (p.heads / p.kv_heads);
-      const Matrix<float> qh = Problem::head(p.q, b, p.tokens, p.heads, h, p.dk).bottomRows(queries);
-      const Expected e = reference(qh, Problem::head(k, b, p.tokens, p.kv_heads, g, p.dk),
-                                   Problem::head(v, b, p.tokens, p.kv_heads, g, p.dv), scale, mask);
+      const Expected e = reference_of(p, p.q, k, v, b, h, queries, causal, lengths);
       for (Index i = 0; i < queries; ++i)
         for (Index c = 0; c < p.dv; ++c) {
           const Wide tol = tolerance<float>(e, i, p.tokens, p.dk) + merge_tolerance(e, i, world_size());
@@ -247,8 +248,7 @@ void check_decode(const Problem& p, Index queries, const std::vector<Index>& siz
 
 TEST_CASE("sharded decoding equals one process on every rank", "[mpi]") {
   const std::vector<Index> sizes = uneven_sizes();
-  Index n = 0;
-  for (Index s : sizes) n += s;
+  const Index n = total_of(sizes);
   const Problem p(2, n, 8, 2, 16, 16, 5);
   check_decode<float>(p, 1, sizes, false, {}, "one query");
   check_decode<float>(p, 3, sizes, true, {}, "three causal queries (speculative decoding)");
