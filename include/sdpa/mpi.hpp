@@ -399,8 +399,7 @@ void ring_attention(MPI_Comm comm, const TensorView<const T>& q, const TensorVie
           if (qr.size() == 0 || visible == 0 || (options.causal && after && !diagonal)) {
             local_stats.pairs_skipped += q.heads;
           } else {
-            std::vector<Index> lengths;
-            if (visible < kr.size()) lengths = {visible};
+            const std::vector<Index> lengths(visible < kr.size() ? 1 : 0, visible);  // padding inside the chunk
             for (Index h = 0; h < q.heads; ++h) {
               detail::fold_block(fn, qc, ks, vs, b, h, q_first, qr.size(), k_first, kr.size(),
                                  options.causal && diagonal, lengths, options, acc, partial, partial_lse);
