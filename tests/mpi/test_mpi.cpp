@@ -105,9 +105,10 @@ Expected reference_of(const Problem& p, const std::vector<float>& q, const std::
 /// reference of the whole problem, rounded once to T at the end (stored_tolerance).
 template <class T>
 void check_rows(const Problem& p, const std::vector<float>& q, const std::vector<float>& k,
-                const std::vector<float>& v, const std::vector<T>& got, const std::vector<TokenRange>& shard,
-                bool causal, const std::vector<Index>& lengths, Index pieces, const std::string& what) {
-  Wide worst = 0;
+                const std::vector<float>& v, const std::vector<T>& got, const std::vector<float>& single,
+                const std::vector<TokenRange>& shard, bool causal, const std::vector<Index>& lengths, Index pieces,
+                const std::string& what) {
+  Wide worst = 0, worst_single = 0;
   bool finite = true;
   Index n_local = 0;
   for (const TokenRange& r : shard) n_local += r.size();
@@ -123,12 +124,16 @@ void check_rows(const Problem& p, const std::vector<float>& q, const std::vector
             const Wide tol = stored_tolerance<T>(
                 tolerance<float>(e, i, p.tokens, p.dk) + merge_tolerance(e, i, pieces), e.out(i, c));
             worst = std::max(worst, std::fabs(Wide(x) - e.out(i, c)) / tol);
+            // One process's result (within its own tolerance of the reference): within both.
+            const Wide one = single[std::size_t(((b * p.tokens + i) * p.heads + h) * p.dv + c)];
+            worst_single = std::max(worst_single, std::fabs(Wide(x) - one) / (2 * tol));
           }
     }
   INFO(what << " on rank " << world_rank() << " of " << world_size() << ": worst error/tolerance "
-            << double(worst));
+            << double(worst) << " against the reference, " << double(worst_single) << " against one process");
   CHECK(finite);
   CHECK(worst <= 1);
+  CHECK(worst_single <= 1);
 }
 
 /// Runs ring attention on this rank's `shard` of `p` and checks it.
@@ -151,7 +156,18 @@ void check_ring(const Problem& p, const std::vector<TokenRange>& shard, bool cau
       sdpa::TensorView<const T>::bnhd(kl.data(), p.batch, n, p.kv_heads, p.dk),
       sdpa::TensorView<const T>::bnhd(vl.data(), p.batch, n, p.kv_heads, p.dv),
       sdpa::TensorView<T>::bnhd(out.data(), p.batch, n, p.heads, p.dv), shard, options, &stats);
-  check_rows(p, q, k, v, out, shard, causal, lengths, 2 * world_size(), what);
+  // The same call in one process: sdpa::attention over the whole sequence.
+  const TokenRange all{0, p.tokens};
+  std::vector<T> qa = rows_of<T>(q, p.batch, p.tokens, p.heads, p.dk, {all});
+  std::vector<T> ka = rows_of<T>(k, p.batch, p.tokens, p.kv_heads, p.dk, {all});
+  std::vector<T> va = rows_of<T>(v, p.batch, p.tokens, p.kv_heads, p.dv, {all});
+  std::vector<T> one(std::size_t(p.batch * p.tokens * p.heads * p.dv));
+  sdpa::attention<T, T>(sdpa::TensorView<const T>::bnhd(qa.data(), p.batch, p.tokens, p.heads, p.dk),
+                        sdpa::TensorView<const T>::bnhd(ka.data(), p.batch, p.tokens, p.kv_heads, p.dk),
+                        sdpa::TensorView<const T>::bnhd(va.data(), p.batch, p.tokens, p.kv_heads, p.dv),
+                        sdpa::TensorView<T>::bnhd(one.data(), p.batch, p.tokens, p.heads, p.dv), options);
+  check_rows(p, q, k, v, out, std::vector<float>(one.begin(), one.end()), shard, causal, lengths, 2 * world_size(),
+             what);
 }
 
 /// Contiguous shards of the given sizes, in rank order.
