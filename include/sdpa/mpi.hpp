@@ -186,6 +186,22 @@ inline void reject_unsharded_masks(const char* function, const Options& options)
                    "(they index keys by position in one process); use causal and sequence_lengths, which are global");
 }
 
+/// Copies every element of `from` into `to` (same shape, any layouts), converting A to B.
+template <class A, class B>
+void copy_tensor(const TensorView<const A>& from, const TensorView<B>& to) {
+  for (Index b = 0; b < from.batch; ++b)
+    for (Index h = 0; h < from.heads; ++h)
+      for (Index t = 0; t < from.tokens; ++t) {
+        const A* src = from.head(b, h).row(t);
+        B* dst = to.head(b, h).row(t);
+        if constexpr (std::is_same_v<A, B>) {
+          std::memcpy(dst, src, std::size_t(from.features) * sizeof(A));
+        } else {
+          for (Index f = 0; f < from.features; ++f) dst[f] = B(src[f]);
+        }
+      }
+}
+
 /// Running (out, lse) of every query row of a shard in the compute type C, [B, H, tokens].
 template <class C>
 struct Accumulator {
@@ -200,14 +216,8 @@ struct Accumulator {
   C* lse_of(Index b, Index h, Index first) { return lse.data() + (b * heads + h) * tokens + first; }
   /// Rounds into `to` once ([B, H, tokens, features] in any layout).
   template <class T>
-  void write(const TensorView<T>& to) {
-    for (Index b = 0; b < batch; ++b)
-      for (Index h = 0; h < heads; ++h) {
-        const MatrixView<C> from = rows(b, h, 0, tokens);
-        const MatrixView<T> dst = to.head(b, h);
-        for (Index t = 0; t < tokens; ++t)
-          for (Index f = 0; f < features; ++f) dst(t, f) = T(from(t, f));
-      }
+  void write(const TensorView<T>& to) const {
+    copy_tensor(TensorView<const C>::bhnd(out.data(), batch, heads, tokens, features), to);
   }
 };
 
@@ -219,10 +229,7 @@ TensorView<const C> as_compute(const TensorView<const T>& q, std::vector<C>& sto
   } else {
     storage.resize(std::size_t(q.batch * q.heads * q.tokens * q.features));
     const auto view = TensorView<C>::bhnd(storage.data(), q.batch, q.heads, q.tokens, q.features);
-    for (Index b = 0; b < q.batch; ++b)
-      for (Index h = 0; h < q.heads; ++h)
-        for (Index t = 0; t < q.tokens; ++t)
-          for (Index f = 0; f < q.features; ++f) view.head(b, h)(t, f) = C(q.head(b, h)(t, f));
+    copy_tensor(q, view);
     return view;
   }
 }
@@ -234,12 +241,12 @@ TensorView<const C> as_compute(const TensorView<const T>& q, std::vector<C>& sto
 template <class C, class S>
 void fold_block(const char* function, const TensorView<const C>& q, const TensorView<const S>& k,
                 const TensorView<const S>& v, Index b, Index h, Index q_first, Index q_count, Index k_first,
-                Index k_count, bool causal, std::vector<Index> lengths, const Options& options, Accumulator<C>& acc,
+                Index k_count, bool causal, const std::vector<Index>& lengths, const Options& options, Accumulator<C>& acc,
                 std::vector<C>& partial, std::vector<C>& partial_lse) {
   const Index group = q.heads / k.heads, dv = acc.features;
   Options o = block_options(options);
   o.causal = causal;
-  o.key_lengths = std::move(lengths);
+  o.key_lengths = lengths;
   partial.resize(std::size_t(q_count * dv));
   partial_lse.resize(std::size_t(q_count));
   const MatrixView<C> part(partial.data(), q_count, dv, dv);
@@ -259,15 +266,8 @@ std::vector<unsigned char> pack_shard(const TensorView<const S>& k, const Tensor
   const std::size_t v_elems = std::size_t(v.batch * v.tokens * v.heads * v.features);
   std::vector<unsigned char> bytes((k_elems + v_elems) * sizeof(S));
   S* out = reinterpret_cast<S*>(bytes.data());
-  const auto copy = [&](const TensorView<const S>& from, S* to) {
-    const auto dst = TensorView<S>::bnhd(to, from.batch, from.tokens, from.heads, from.features);
-    for (Index b = 0; b < from.batch; ++b)
-      for (Index h = 0; h < from.heads; ++h)
-        for (Index t = 0; t < from.tokens; ++t)
-          std::memcpy(dst.head(b, h).row(t), from.head(b, h).row(t), std::size_t(from.features) * sizeof(S));
-  };
-  copy(k, out);
-  copy(v, out + k_elems);
+  copy_tensor(k, TensorView<S>::bnhd(out, k.batch, k.tokens, k.heads, k.features));
+  copy_tensor(v, TensorView<S>::bnhd(out + k_elems, v.batch, v.tokens, v.heads, v.features));
   return bytes;
 }
 
@@ -335,10 +335,9 @@ void ring_attention(MPI_Comm comm, const TensorView<const T>& q, const TensorVie
   const auto all_ranges = detail::allgather_ints(comm, flat_ranges);
   std::vector<Index> tokens_of(std::size_t(ranks), 0);
   Index total = 0;
-  detail::check_on_every_rank(comm, fn, [&] {
-    if (rank != 0) return;  // rank 0 judges what every rank sees: one message, not P copies
-    detail::check_same(fn, all, {"batch", "heads", "kv heads", "d_k", "d_v", "options.causal"});
-  });
+  // Every rank sees the same gathered data, so every rank reaches the same verdict and throws
+  // the same error, with no further exchange.
+  detail::check_same(fn, all, {"batch", "heads", "kv heads", "d_k", "d_v", "options.causal"});
   std::vector<std::pair<Index, Index>> ranges_all;
   for (int r = 0; r < ranks; ++r)
     for (std::size_t i = 0; i + 1 < all_ranges[std::size_t(r)].size(); i += 2) {
@@ -346,8 +345,7 @@ void ring_attention(MPI_Comm comm, const TensorView<const T>& q, const TensorVie
       tokens_of[std::size_t(r)] += ranges_all.back().second - ranges_all.back().first;
     }
   for (Index n : tokens_of) total += n;
-  detail::check_on_every_rank(comm, fn, [&] {
-    if (rank != 0) return;
+  {
     std::vector<std::pair<Index, Index>> sorted = ranges_all;
     std::sort(sorted.begin(), sorted.end());
     Index next = 0;
@@ -359,7 +357,7 @@ void ring_attention(MPI_Comm comm, const TensorView<const T>& q, const TensorVie
       next = end;
     }
     detail::check_sequence_lengths(fn, options, q.batch, total);
-  });
+  }
   if (q.batch == 0 || q.heads == 0 || total == 0) return;
 
   std::vector<C> q_storage, partial, partial_lse;
@@ -446,33 +444,23 @@ void sharded_attention(MPI_Comm comm, const TensorView<T>& q, const TensorView<c
     sdpa::detail::validate_batched(TensorView<const T>(q), k, v, out, detail::block_options(options));
   });
   const auto all = detail::allgather_ints(
-      comm, detail::descriptor({q.batch, q.heads, q.tokens, k.heads, q.features, v.features, options.causal}, options));
+      comm, detail::descriptor({q.batch, q.heads, q.tokens, k.heads, q.features, v.features, options.causal, root}, options));
   const auto shard_tokens = detail::allgather_ints(comm, {k.tokens});
   Index total = 0, first = 0;
   for (int r = 0; r < ranks; ++r) {
     if (r == rank) first = total;
     total += shard_tokens[std::size_t(r)][0];
   }
-  detail::check_on_every_rank(comm, fn, [&] {
-    if (rank != 0) return;
-    detail::check_same(fn, all, {"batch", "heads", "query tokens", "kv heads", "d_k", "d_v", "options.causal"});
-    detail::check_sequence_lengths(fn, options, q.batch, total);
-  });
+  detail::check_same(fn, all, {"batch", "heads", "query tokens", "kv heads", "d_k", "d_v", "options.causal", "root"});
+  detail::check_sequence_lengths(fn, options, q.batch, total);
   if (q.batch == 0 || q.heads == 0 || q.tokens == 0) return;
 
   // Root's queries into every rank's q.
   std::vector<T> packed(std::size_t(q.batch * q.heads * q.tokens * q.features));
   const auto packed_q = TensorView<T>::bhnd(packed.data(), q.batch, q.heads, q.tokens, q.features);
-  for (Index b = 0; b < q.batch; ++b)
-    for (Index h = 0; h < q.heads; ++h)
-      for (Index t = 0; t < q.tokens; ++t)
-        std::memcpy(packed_q.head(b, h).row(t), q.head(b, h).row(t), std::size_t(q.features) * sizeof(T));
+  if (rank == root) detail::copy_tensor(TensorView<const T>(q), packed_q);
   MPI_Bcast(packed.data(), int(packed.size() * sizeof(T)), MPI_BYTE, root, comm);
-  if (rank != root)
-    for (Index b = 0; b < q.batch; ++b)
-      for (Index h = 0; h < q.heads; ++h)
-        for (Index t = 0; t < q.tokens; ++t)
-          std::memcpy(q.head(b, h).row(t), packed_q.head(b, h).row(t), std::size_t(q.features) * sizeof(T));
+  if (rank != root) detail::copy_tensor(TensorView<const T>(packed_q), q);
 
   std::vector<C> q_storage, partial, partial_lse;
   const TensorView<const C> qc = detail::as_compute<C>(TensorView<const T>(packed_q), q_storage);
