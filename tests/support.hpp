@@ -55,14 +55,28 @@ struct MaskSpec {
   Matrix<bool> allowed;        // empty = none; Nq x Nk or 1 x Nk
   Matrix<double> bias;         // empty = none; Nq x Nk or 1 x Nk
   std::vector<Index> lengths;  // empty = none; Nq entries or 1
+  // model variants (docs/design.md, "Model variants"); negative window sides = unbounded
+  Index window_left = -1, window_right = -1;
+  bool alibi = false;
+  double slope = 0;    // ALiBi: s -= slope |i' - j|
+  double softcap = 0;  // 0 = none: s = softcap tanh(s / softcap)
+  bool has_sink = false;
+  double sink = 0;  // a logit in each row's denominator
 
   bool visible(Index i, Index j, Index nq, Index nk) const {
-    if (causal && j > i + (nk - nq)) return false;  // bottom-right aligned
+    const Index aligned = i + (nk - nq);  // i', the bottom-right aligned position
+    if (causal && j > aligned) return false;
+    if (window_left >= 0 && j < aligned - window_left) return false;
+    if (window_right >= 0 && j > aligned + window_right) return false;
     if (!lengths.empty() && j >= lengths[lengths.size() == 1 ? 0 : std::size_t(i)]) return false;
     if (allowed.size() != 0 && !allowed(allowed.rows() == 1 ? 0 : i, j)) return false;
     return true;
   }
   double bias_at(Index i, Index j) const { return bias.size() == 0 ? 0.0 : bias(bias.rows() == 1 ? 0 : i, j); }
+  /// What ALiBi adds to score (i, j).
+  Wide alibi_at(Index i, Index j, Index nq, Index nk) const {
+    return alibi ? -Wide(slope) * std::fabs(Wide(i + (nk - nq) - j)) : Wide(0);
+  }
 
   /// Options that ask the library for the same masks (views into this spec: keep it alive).
   sdpa::Options options(sdpa::Kernel kernel = sdpa::Kernel::Auto) const {
@@ -72,6 +86,11 @@ struct MaskSpec {
     if (allowed.size() != 0) o.mask = allowed;
     if (bias.size() != 0) o.bias = bias;
     o.key_lengths = lengths;
+    o.window = {window_left < 0 ? sdpa::Window::unbounded : window_left,
+                window_right < 0 ? sdpa::Window::unbounded : window_right};
+    if (alibi) o.alibi_slopes = {slope};
+    if (softcap > 0) o.softcap = softcap;
+    if (has_sink) o.sinks = {sink};
     return o;
   }
 };
@@ -82,7 +101,8 @@ struct Expected {
   Matrix<Wide> out, weights;
   std::vector<Wide> score_magnitude;  // max_j scale * sum_e |q_ie k_je| + |bias_ij| over visible j
   std::vector<Wide> value_magnitude;  // max_c sum_j p_ij |v_jc|: the size of what row i's output blends
-  std::vector<Wide> lse;              // log sum_j exp(s_ij) over visible j; -inf for a fully masked row
+  std::vector<Wide> lse;              // log sum_j exp(s_ij) over visible j (and the sink); -inf if none
+  Wide softcap = 0;                   // the cap, whose tanh adds an error of its own to each score
 };
 
 template <class T>
@@ -94,9 +114,11 @@ Expected reference(const Matrix<T>& Q, const Matrix<T>& K, const Matrix<T>& V, d
   e.score_magnitude.assign(std::size_t(nq), 0);
   e.value_magnitude.assign(std::size_t(nq), 0);
   e.lse.assign(std::size_t(nq), -std::numeric_limits<Wide>::infinity());
+  e.softcap = mask.softcap;
+  const Wide sink = mask.has_sink ? Wide(mask.sink) : -std::numeric_limits<Wide>::infinity();
   for (Index i = 0; i < nq; ++i) {
     std::vector<Wide> s(std::size_t(nk), -std::numeric_limits<Wide>::infinity());
-    Wide row_max = -std::numeric_limits<Wide>::infinity();
+    Wide row_max = sink;
     for (Index j = 0; j < nk; ++j) {
       if (!mask.visible(i, j, nq, nk)) continue;
       Wide dot = 0, magnitude = 0;
@@ -104,12 +126,16 @@ Expected reference(const Matrix<T>& Q, const Matrix<T>& K, const Matrix<T>& V, d
         dot += Wide(Q(i, c)) * Wide(K(j, c));
         magnitude += std::fabs(Wide(Q(i, c)) * Wide(K(j, c)));
       }
-      s[j] = Wide(scale) * dot + Wide(mask.bias_at(i, j));
-      e.score_magnitude[i] = std::max(e.score_magnitude[i], Wide(scale) * magnitude + std::fabs(Wide(mask.bias_at(i, j))));
+      s[j] = Wide(scale) * dot;
+      if (mask.softcap > 0) s[j] = Wide(mask.softcap) * std::tanh(s[j] / Wide(mask.softcap));
+      s[j] += Wide(mask.bias_at(i, j)) + mask.alibi_at(i, j, nq, nk);
+      // (the cap cannot enlarge an error: |d/ds cap tanh(s / cap)| <= 1)
+      e.score_magnitude[i] = std::max(e.score_magnitude[i], Wide(scale) * magnitude + std::fabs(Wide(mask.bias_at(i, j))) +
+                                                                std::fabs(mask.alibi_at(i, j, nq, nk)));
       if (s[j] > row_max) row_max = s[j];
     }
-    if (row_max == -std::numeric_limits<Wide>::infinity()) continue;  // fully masked: zeros
-    Wide sum = 0;
+    if (row_max == -std::numeric_limits<Wide>::infinity()) continue;  // fully masked, no sink: zeros
+    Wide sum = std::exp(sink - row_max);  // 0 without a sink
     for (Index j = 0; j < nk; ++j) {
       const Wide p = s[j] == -std::numeric_limits<Wide>::infinity() ? 0 : std::exp(s[j] - row_max);
       e.weights(i, j) = p;
@@ -140,9 +166,11 @@ Wide gamma(Index n) {
 }
 
 /// Largest error a correct float/double implementation may make on row i's outputs:
-///  * each score s_ij = scale q_i.k_j + b_ij is off by at most
-///      ds = gamma(d_k + 4) * score_magnitude   (d_k-term dot product, the scale, the base-2
-///                                               fold of log2 e, the bias add);
+///  * each score s_ij = scale q_i.k_j + b_ij (+ ALiBi) is off by at most
+///      ds = gamma(d_k + 5) * score_magnitude   (d_k-term dot product, the scale, the base-2
+///                                               fold of log2 e, the bias and ALiBi adds),
+///    plus, with a soft cap, cap * 4 eps: the vector tanh's absolute error (tests/test_exp.cpp
+///    requires <= 3 eps) and the product with the cap;
 ///  * softmax turns score errors of at most ds into relative weight errors of at most
 ///    2 (ds + e_exp), with e_exp = 8 eps the exp's error (tests/test_exp.cpp requires < 2 eps; it measures 0.84);
 ///  * the blend sum_j p_ij v_jc and the normalising sum add gamma(Nk + 2) each, relative to
@@ -152,7 +180,7 @@ Wide gamma(Index n) {
 template <class T>
 Wide tolerance(const Expected& e, Index i, Index nk, Index dk) {
   const Wide eps = Wide(std::numeric_limits<T>::epsilon());
-  const Wide ds = gamma<T>(dk + 4) * e.score_magnitude[std::size_t(i)];
+  const Wide ds = gamma<T>(dk + 5) * e.score_magnitude[std::size_t(i)] + 4 * eps * e.softcap;
   const Wide relative = 2 * (ds + 8 * eps) + 2 * gamma<T>(nk + 2);
   return 2 * relative * e.value_magnitude[std::size_t(i)] + std::numeric_limits<T>::min();
 }

@@ -81,3 +81,23 @@ TEST_CASE("vector max and min keep NaN from their first operand", "[exp]") {
   CHECK(at(mk.max_with_one, mk.width, -2.0f) == 1.0f);
   CHECK(at(mk.min_with_one, mk.width, -2.0f) == -2.0f);
 }
+
+TEST_CASE("vector tanh (the soft cap's) is within 3 eps of the C library, absolutely", "[exp]") {
+  const sdpa::kernels::MicrokernelSet mk = sdpa::kernels::microkernels(sdpa::isa());
+  const double eps = std::numeric_limits<float>::epsilon();
+  std::vector<float> xs;
+  for (double x = -20; x <= 20; x += 40.0 / 400000) xs.push_back(float(x));
+  for (float x = 1e-30f; x < 1; x *= 1.01f) xs.push_back(x), xs.push_back(-x);  // near 0, where 1 - e cancels
+  const std::vector<float> out = apply(mk.tanh, xs, mk.width);
+  double worst = 0;
+  for (std::size_t i = 0; i < xs.size(); ++i) worst = std::max(worst, std::fabs(double(out[i]) - std::tanh(double(xs[i]))));
+  // The README quotes this line.
+  std::printf("simd tanh (%s): max absolute error %.3g (%.2f eps) on [-20, 20]\n", sdpa::isa_name(sdpa::isa()), worst,
+              worst / eps);
+  CHECK(worst <= 3 * eps);
+  const float inf = std::numeric_limits<float>::infinity();
+  CHECK(at(mk.tanh, mk.width, inf) == 1.0f);
+  CHECK(at(mk.tanh, mk.width, -inf) == -1.0f);
+  CHECK(at(mk.tanh, mk.width, 0.0f) == 0.0f);
+  CHECK(std::isnan(at(mk.tanh, mk.width, std::numeric_limits<float>::quiet_NaN())));
+}

@@ -77,6 +77,13 @@ void check_kernel_for(const char* function, const Options& options) {
          ", but an int8 (BlockQ8_0) cache runs on the Simd path only (Kernel::Simd or Kernel::Auto)");
 }
 
+/// Which query head of how many a 2-D call computes: the entry it takes of the per-head
+/// lists of Options (alibi_slopes, sinks). A user's 2-D call is head 0 of 1.
+struct HeadOf {
+  Index index = 0;
+  Index count = 1;
+};
+
 /// Validates everything, then runs the chosen kernel. Nothing is written before validation
 /// has passed. All 2-D entry points (and SelfAttention, head by head) come through here.
 /// `sources`, when given, are the caller's Q, K, V (which the views may be copies of).
@@ -84,19 +91,20 @@ template <class T, class S = T>
 void run_attention(const char* function, MatrixView<const T> q, MatrixView<const S> k, MatrixView<const S> v,
                    MatrixView<T> out, const Options& options, compute_type<T>* lse = nullptr,
                    const Input<T>* q_source = nullptr, const Input<S>* k_source = nullptr,
-                   const Input<S>* v_source = nullptr) {
+                   const Input<S>* v_source = nullptr, HeadOf head = {}) {
   check_storage<T, S>();
   using C = compute_type<T>;
   sdpa::isa();  // first of all, the CPU check (isa.hpp): before code built for the wider ISA runs
   const Index dk = features<S>(k.cols), dv = features<S>(v.cols);  // int8 views count blocks
-  validate_attention<C>(function, q.rows, q.cols, k.rows, dk, &v.rows, &dv, options);
+  validate_attention<C>(function, q.rows, q.cols, k.rows, dk, &v.rows, &dv, options, head.count);
   reject_batched_options(function, options);
   check_kernel_for<S>(function, options);
   validate_output(function, out, q.rows, dv, options, lse, std::pair{"Q", q}, std::pair{"K", k}, std::pair{"V", v});
   if (q_source)
     validate_output(function, out, q.rows, dv, options, lse, std::pair{"Q", q_source->source()},
                     std::pair{"K", k_source->source()}, std::pair{"V", v_source->source()});
-  dispatch(q, k, v, out, lse, resolve_scale<C>(function, options, q.cols), HeadMasks::of(options), options);
+  dispatch(q, k, v, out, lse, resolve_scale<C>(function, options, q.cols), HeadMasks::of(options, head.index),
+           options);
 }
 
 /// T, in a context where a template argument is never deduced from it (std::type_identity_t).

@@ -89,7 +89,7 @@ void validate_batched(const TensorView<const T>& q, const TensorView<const S>& k
   if (!owns_its_elements(out))
     fail(fn, "out's strides (batch ", out.batch_stride, ", head ", out.head_stride, ", token ", out.token_stride,
          ") give two elements one place: results would overwrite each other: ", all);
-  validate_attention<compute_type<T>>(fn, q.tokens, q.features, k.tokens, dk, &v.tokens, &dv, options);
+  validate_attention<compute_type<T>>(fn, q.tokens, q.features, k.tokens, dk, &v.tokens, &dv, options, q.heads);
   check_kernel_for<S>(fn, options);
 
   const auto check_broadcast = [&](const char* name, Index b, Index h, Index n, Index keys) {

@@ -113,13 +113,14 @@ void check_on_every_rank(MPI_Comm comm, const char* function, Checks&& local) {
   if (!message.empty()) fail(function, message);
 }
 
-/// What every rank must agree on: `fields` (shapes, flags), then the scale's bits and the
-/// sequence lengths.
+/// What every rank must agree on: `fields` (shapes, flags), then the bits of the scale and
+/// the soft cap, and the sequence lengths.
 inline std::vector<long long> descriptor(std::vector<long long> fields, const Options& options) {
-  long long scale_bits = 0;
-  const double scale = options.scale.value_or(0.0);
-  std::memcpy(&scale_bits, &scale, sizeof scale);
-  fields.push_back(scale_bits);
+  for (const double value : {options.scale.value_or(0.0), options.softcap.value_or(0.0)}) {
+    long long bits = 0;
+    std::memcpy(&bits, &value, sizeof value);
+    fields.push_back(bits);
+  }
   fields.push_back((long long)options.sequence_lengths.size());
   fields.insert(fields.end(), options.sequence_lengths.begin(), options.sequence_lengths.end());
   return fields;
@@ -129,7 +130,7 @@ inline std::vector<long long> descriptor(std::vector<long long> fields, const Op
 /// differs from rank 0's, and what differs.
 inline void check_same(const char* function, const std::vector<std::vector<long long>>& all,
                        std::vector<const char*> fields) {
-  fields.insert(fields.end(), {"options.scale", "options.sequence_lengths.size()"});
+  fields.insert(fields.end(), {"options.scale", "options.softcap", "options.sequence_lengths.size()"});
   for (std::size_t r = 1; r < all.size(); ++r) {
     for (std::size_t f = 0; f < fields.size(); ++f)
       if (all[r][f] != all[0][f])
@@ -173,6 +174,7 @@ inline Options block_options(const Options& options) {
   o.scale = options.scale;
   o.kernel = options.kernel;
   o.blocks = options.blocks;
+  o.softcap = options.softcap;  // elementwise: the same in every block
   o.threads = options.threads;
   o.parallel_for = options.parallel_for;
   return o;
@@ -184,6 +186,9 @@ inline void reject_unsharded_masks(const char* function, const Options& options)
       !options.batch_bias.empty())
     fail(function, "options.mask, bias, key_lengths, batch_mask and batch_bias are not taken by sharded attention "
                    "(they index keys by position in one process); use causal and sequence_lengths, which are global");
+  if (!options.window.empty() || !options.alibi_slopes.empty() || !options.sinks.empty())
+    fail(function, "options.window, alibi_slopes and sinks are not taken by sharded attention yet (each block would "
+                   "need its global positions, and a sink must join the merged denominator once); softcap is");
 }
 
 /// Copies every element of `from` into `to` (same shape, any layouts), converting A to B.

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <type_traits>
@@ -103,6 +104,19 @@ struct Bias {
   }
 };
 
+/// A sliding window (local attention): query i, aligned bottom-right at i' = i + Nk - Nq as
+/// for causal, sees keys j with i' - left <= j <= i' + right. Either side may be unbounded;
+/// Window{n, 0} is causal attention over the last n + 1 keys (Mistral's window of n + 1,
+/// FlashAttention's window_size = (n, 0)). Key tiles wholly outside the band are never visited.
+struct Window {
+  static constexpr Index unbounded = std::numeric_limits<Index>::max();
+  Index left = unbounded;   ///< keys before i' it may see; >= 0
+  Index right = unbounded;  ///< keys after i' it may see; >= 0 (0 = causal)
+
+  /// True when neither side is bounded (no window).
+  bool empty() const { return left == unbounded && right == unbounded; }
+};
+
 /// How one call to attention() behaves. Views inside (mask, bias) do not own their data.
 ///
 ///     sdpa::Options options;
@@ -117,6 +131,13 @@ struct Options {
   MatrixArg<bool> mask;             ///< true = may attend; Nq x Nk or 1 x Nk; empty = none
   Bias bias;                        ///< added to the scaled scores; Nq x Nk or 1 x Nk; empty = none
   std::vector<Index> key_lengths;   ///< padding: query i sees keys j < key_lengths[i]; Nq entries, or 1 for all
+
+  // The variants of modern models (README, "Model variants"), fused into every path. Per-head
+  // lists have one entry per query head (one for a 2-D call):
+  Window window;                      ///< sliding window around i' = i + Nk - Nq; default: none
+  std::vector<double> alibi_slopes;   ///< ALiBi: adds -slope_h |i' - j| to the scores; empty = none
+  std::optional<double> softcap;      ///< scores become cap tanh(s / cap) before masks and biases; > 0
+  std::vector<double> sinks;          ///< a logit per head in each row's softmax denominator (no value); finite
 
   // Batched calls (sdpa::attention on TensorViews) also take these; sizes of 1 broadcast:
   TensorView<const bool> batch_mask;     ///< [B or 1, H or 1, Nq or 1, Nk]; true = may attend

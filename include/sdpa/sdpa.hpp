@@ -6,6 +6,7 @@
 /// The only header users need: includes the whole public API.
 #pragma once
 
+#include "alibi.hpp"
 #include "attention.hpp"
 #include "batched.hpp"
 #include "kv_cache.hpp"

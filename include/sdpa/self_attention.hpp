@@ -135,7 +135,8 @@ class SelfAttention {
                    " more exceed the cache's capacity ", cache.capacity());
     Options causal = options;
     causal.causal = true;
-    detail::validate_attention<compute_type<T>>(fn, x.rows(), head_dim(), nk, head_dim(), nullptr, nullptr, causal);
+    detail::validate_attention<compute_type<T>>(fn, x.rows(), head_dim(), nk, head_dim(), nullptr, nullptr, causal,
+                                                heads_);
     detail::reject_batched_options(fn, causal);
     // All or nothing: if anything below throws (bad_alloc, a throwing parallel_for), the
     // cache is rolled back to the length it had, so that a retry computes the same result.
@@ -181,7 +182,7 @@ class SelfAttention {
                    " columns");
     // Per-head shapes and options are checked before any projection is computed.
     detail::validate_attention<compute_type<T>>("SelfAttention::forward", x.rows(), head_dim(), source.rows(),
-                                                head_dim(), nullptr, nullptr, options);
+                                                head_dim(), nullptr, nullptr, options, heads_);
     detail::reject_batched_options("SelfAttention::forward", options);
     const Matrix<T> Q = project(x.map(), w_.Wq, w_.bq), K = project(source.map(), w_.Wk, w_.bk),
                     V = project(source.map(), w_.Wv, w_.bv);
@@ -201,7 +202,9 @@ class SelfAttention {
     const MatrixView<T> o(heads_out);
     for (Index h = 0; h < heads_; ++h) {  // a head is a column slice: strided views, no copies
       const auto [k, v] = kv_of(h / group);
-      detail::run_attention<T>("SelfAttention", q.middle_cols(h * dk, dk), k, v, o.middle_cols(h * dv, dv), options);
+      using S = std::remove_const_t<std::remove_pointer_t<decltype(k.data)>>;  // the cache's storage type
+      detail::run_attention<T, S>("SelfAttention", q.middle_cols(h * dk, dk), k, v, o.middle_cols(h * dv, dv), options,
+                                  nullptr, nullptr, nullptr, nullptr, {h, heads_});
     }
     if (w_.Wo.size() == 0) return heads_out;
     return project(heads_out, w_.Wo, w_.bo);

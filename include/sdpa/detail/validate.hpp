@@ -15,6 +15,7 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 SDPA_BEGIN_NAMESPACE
 namespace detail {
@@ -49,10 +50,33 @@ double resolve_scale(const char* function, const Options& options, Index head_di
   return scale;
 }
 
-/// Shapes of Q (nq x dk), K (nk x dk_k) and, when present, V (nv x dv), and every option.
+/// The model variants: a window with sides >= 0, a positive finite cap, and per-head lists of
+/// finite values with one entry per query head (`heads`: 1 for a 2-D call).
+inline void validate_variants(const char* function, const Options& options, Index heads) {
+  const Window& w = options.window;
+  const auto side = [](Index n) { return n == Window::unbounded ? std::string("unbounded") : std::to_string(n); };
+  if (w.left < 0 || w.right < 0)
+    fail(function, "options.window is (left ", side(w.left), ", right ", side(w.right),
+         "): each side must be >= 0 (or Window::unbounded)");
+  if (options.softcap && (!(*options.softcap > 0.0) || !std::isfinite(*options.softcap)))
+    fail(function, "options.softcap is ", *options.softcap, ": it must be positive and finite");
+  const auto check_per_head = [&](const char* name, const std::vector<double>& values) {
+    if (values.empty()) return;
+    if (Index(values.size()) != heads)
+      fail(function, name, " has ", values.size(), " entries but there ",
+           heads == 1 ? "is 1 query head" : "are " + std::to_string(heads) + " query heads", ": give one per query head");
+    for (std::size_t h = 0; h < values.size(); ++h)
+      if (!std::isfinite(values[h])) fail(function, name, "[", h, "] is ", values[h], ": it must be finite");
+  };
+  check_per_head("options.alibi_slopes", options.alibi_slopes);
+  check_per_head("options.sinks", options.sinks);
+}
+
+/// Shapes of Q (nq x dk), K (nk x dk_k) and, when present, V (nv x dv), and every option;
+/// per-head lists need `heads` entries (the query heads of the call).
 template <class T>
 void validate_attention(const char* function, Index nq, Index dq, Index nk, Index dk, const Index* v_rows,
-                        const Index* v_cols, const Options& options) {
+                        const Index* v_cols, const Options& options, Index heads = 1) {
   const std::string q = shape(nq, dq), k = shape(nk, dk);
   if (nq < 0 || dq < 0 || nk < 0 || dk < 0 || (v_rows && (*v_rows < 0 || *v_cols < 0)))
     fail(function, "Q is ", q, ", K is ", k, (v_rows ? ", V is " + shape(*v_rows, *v_cols) : std::string()),
@@ -85,6 +109,7 @@ void validate_attention(const char* function, Index nq, Index dq, Index nk, Inde
         fail(function, "options.key_lengths[", i, "] is ", lengths[i], ": it must lie in [0, ", nk, "] (K is ", k,
              ")");
   }
+  validate_variants(function, options, heads);
   if (options.blocks.query_rows < 0 || options.blocks.key_rows < 0)
     fail(function, "options.blocks is ", options.blocks.query_rows, "x", options.blocks.key_rows,
          ": block sizes must be positive, or 0 for automatic");

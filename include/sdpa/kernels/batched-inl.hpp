@@ -48,7 +48,8 @@ void batched_tiled(const TensorView<const Q>& q, const TensorView<const typename
 /// per step for the whole group, whatever its size: each key tile is loaded once and serves
 /// every row while it sits in L1. With one token the rows are the heads themselves (row stride =
 /// head stride, no copy); with more they are gathered, row i tokens + t for token t of the
-/// group's head i, each seeing its own causal prefix. Returns false when the call is not of
+/// group's head i, each with its own position (causal prefix, window) and its head's ALiBi
+/// slope and sink (HeadMasks::head_rows). Returns false when the call is not of
 /// that form (then heads run separately).
 template <class Q, class S>
 bool decode_groups(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
@@ -61,17 +62,11 @@ bool decode_groups(const TensorView<const Q>& q, const TensorView<const S>& k, c
   if (n > kDecodeRows || group < 2 || per_head_masks || query_masks || !Rows::fits_widths(q.features, out.features) ||
       !options.mask.empty() || !options.bias.empty() || !options.key_lengths.empty())
     return false;
-  const Index dk = q.features, dv = out.features, nk = k.tokens;
+  const Index dk = q.features, dv = out.features;
   const auto run = [&](Index item, const Options& run_options) {
     const Index b = item / k.heads, kv = item % k.heads;
-    detail::HeadMasks masks = detail::head_masks(options, b, kv * group);
-    const Index visible = masks.length_count ? masks.lengths[0] : nk;  // sequence_lengths
-    Index* lengths = detail::thread_scratch<Index, detail::Slot::GroupLengths>(rows);
-    for (Index r = 0; r < rows; ++r)  // causal is bottom-right aligned within each head's n tokens
-      lengths[r] = std::min(visible, options.causal ? std::clamp<Index>(nk - n + r % n + 1, 0, nk) : nk);
-    masks.causal = false;
-    masks.lengths = lengths;
-    masks.length_count = rows;
+    detail::HeadMasks masks = detail::head_masks(options, b, kv * group);  // per-head lists from head kv * group on
+    masks.head_rows = n;  // row r: token r % n of head kv * group + r / n, with its own position
     Options tile = run_options;  // the whole group in one query tile: K and V are read once
     tile.blocks.query_rows = rows;
     const MatrixView<const S> k_head = k.head(b, kv), v_head = v.head(b, kv);

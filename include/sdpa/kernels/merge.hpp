@@ -34,5 +34,18 @@ void merge_partial(MatrixView<O> out, T* lse, MatrixView<const O> out_b, const T
   }
 }
 
+/// Adds a sink logit to one row's partial result (out_row, lse): the sink joins the softmax
+/// denominator and contributes no value, so the row is scaled by e^lse / (e^lse + e^sink) and
+/// its LSE becomes log(e^lse + e^sink). A row that saw no key (LSE -inf) stays 0 with LSE sink;
+/// NaN stays NaN.
+template <class O, class T>
+void add_sink(O* out_row, Index cols, T& lse, T sink) {
+  const T m = std::max(lse, sink);  // NaN lse stays NaN
+  if (std::isnan(m) || m == -std::numeric_limits<T>::infinity()) return;
+  const T keys = std::exp(lse - m), total = keys + std::exp(sink - m);
+  for (Index c = 0; c < cols; ++c) out_row[c] = O(T(out_row[c]) * (keys / total));
+  lse = m + std::log(total);
+}
+
 }  // namespace kernels
 SDPA_END_NAMESPACE

@@ -48,7 +48,8 @@ auto row_as(const MatrixView<const S>& view, Index i) {
 constexpr Index kRowsPerTask = 16;  // rows one thread takes at a time
 }  // namespace reference_detail
 
-/// Passes 1 and 2 for query row i: s_j = (scale q_i) . k_j, then -inf where masked, + bias.
+/// Passes 1 and 2 for query row i: s_j = (scale q_i) . k_j, then the cap, -inf where masked,
+/// the bias and ALiBi (MaskPolicy::apply).
 /// (The query is scaled before the dot product, as in the tiled paths, so that a product
 /// that fits the type after scaling never overflows before it.) Everything is computed in T;
 /// Q and K may be stored in another type (16-bit storage is computed in float).
@@ -58,15 +59,15 @@ void reference_scores(MatrixView<const Q> q, MatrixView<const K> k, Index i, dou
   using reference_detail::row;
   // pass 1: the query against every key it may see, s_j = (scale q_i) . k_j
   const Eigen::Matrix<T, 1, Eigen::Dynamic> scaled_query = T(scale) * row(q, i).template cast<T>();
-  const Index end = mask.key_end(i);
-  for (Index j = 0; j < end; ++j) s[j] = scaled_query.dot(reference_detail::row_as<T>(k, j));
-  // pass 2: masks: forbidden pairs become -inf, the bias is added
+  for (Index j = mask.key_begin(i); j < mask.key_end(i); ++j) s[j] = scaled_query.dot(reference_detail::row_as<T>(k, j));
+  // pass 2: the variants and masks: capped, forbidden pairs -inf, the bias and ALiBi added
   mask.apply(i, 0, k.rows, s);
 }
 
 /// Passes 1 to 5 for query row i: its weights p (k.rows entries, all 0 when it sees no key)
-/// and, when `lse` is not null, its log-sum-exp (-inf when it sees no key). A NaN or +inf
-/// among the scores it sees makes every weight, and the LSE, NaN.
+/// and, when `lse` is not null, its log-sum-exp (-inf when it sees no key and has no sink). A
+/// NaN or +inf among the scores it sees makes every weight, and the LSE, NaN. A sink is one
+/// more term of the denominator, with no weight of its own in p (the row sums to less than 1).
 template <class T, class Q, class K>
 void reference_row_weights(MatrixView<const Q> q, MatrixView<const K> k, Index i, double scale,
                            const detail::MaskPolicy<T>& mask, T* p, T* lse) {
@@ -74,7 +75,8 @@ void reference_row_weights(MatrixView<const Q> q, MatrixView<const K> k, Index i
   reference_scores(q, k, i, scale, mask, p);  // passes 1 and 2
   // pass 3: the row's max, subtracted so that exp cannot overflow (softmax is shift-invariant);
   // NaN wins, so that a NaN score cannot pass for a masked one
-  T row_max = -std::numeric_limits<T>::infinity();
+  const T sink = mask.sink(i);  // -inf: none
+  T row_max = sink;
   for (Index j = 0; j < nk; ++j)
     if (p[j] > row_max || std::isnan(p[j])) row_max = p[j];
   if (row_max == -std::numeric_limits<T>::infinity()) {  // nothing visible: weights 0
@@ -83,12 +85,12 @@ void reference_row_weights(MatrixView<const Q> q, MatrixView<const K> k, Index i
     return;
   }
   // pass 4: exponentiate and sum (a +inf max gives exp(inf - inf) = NaN)
-  T sum = T(0);
+  T sum = std::exp(sink - row_max);  // 0 without a sink
   for (Index j = 0; j < nk; ++j) {
     p[j] = std::exp(p[j] - row_max);
     sum += p[j];
   }
-  // pass 5: normalise, so that the row sums to 1
+  // pass 5: normalise, so that the row sums to 1 (less by the sink's share, if any)
   for (Index j = 0; j < nk; ++j) p[j] /= sum;
   if (lse) *lse = row_max + std::log(sum);
 }

@@ -61,9 +61,10 @@ struct MicrokernelSet {
   /// decoding: acc (rows, d_v) = rescale acc + p V with V's rows read in place; d_v a multiple of W
   void (*row_accumulate)(Index rows, const float* p, Index p_ld, Index keys, const float* v, Index v_ld, Index dv,
                          const float* rescale, float* acc);
-  /// elementwise over n floats (n a multiple of width): 2^x, e^x, max(x, 1), min(x, 1)
+  /// elementwise over n floats (n a multiple of width): 2^x, e^x, tanh x, max(x, 1), min(x, 1)
   void (*exp2)(const float* x, float* y, Index n);
   void (*exp)(const float* x, float* y, Index n);
+  void (*tanh)(const float* x, float* y, Index n);
   void (*max_with_one)(const float* x, float* y, Index n);
   void (*min_with_one)(const float* x, float* y, Index n);
 };

@@ -66,6 +66,9 @@ void elementwise(const float* x, float* y, Index n) {
 }
 inline V exp2_of(V x) { return exp2(x); }
 inline V exp_of(V x) { return exp(x); }
+inline V tanh_of(V x) {  // with the exp2 of the kernels' soft cap
+  return vector_tanh(x, [](V y) { return exp2_no_overflow(y); });
+}
 inline V max_with_one(V x) { return max(x, V::broadcast(1.0f)); }
 inline V min_with_one(V x) { return min(x, V::broadcast(1.0f)); }
 
@@ -75,7 +78,8 @@ inline MicrokernelSet set() {
           &score_block,       &score_softmax_block,
           &value_block,       &row_scores,
           &row_accumulate,    &elementwise<exp2_of>,
-          &elementwise<exp_of>, &elementwise<max_with_one>,
+          &elementwise<exp_of>, &elementwise<tanh_of>,
+          &elementwise<max_with_one>,
           &elementwise<min_with_one>};
 }
 

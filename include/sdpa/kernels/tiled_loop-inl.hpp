@@ -53,7 +53,9 @@ class TiledHead {
         mask_(masks, q.rows, k.rows, kLog2e), natural_mask_(masks, q.rows, k.rows, T(1)),
         query_scale_(T(scale * double(kLog2e))), score_ld_(round_up(blocks.key_rows, Micro::key_multiple)),
         acc_ld_(micro.accumulator_cols()),
-        chunk_keys_(std::max<Index>(1, kChunkKeys / blocks.key_rows) * blocks.key_rows) {}
+        chunk_keys_(std::max<Index>(1, kChunkKeys / blocks.key_rows) * blocks.key_rows) {
+    for (int lane = 0; lane < V::width; ++lane) lanes_[lane] = T(lane);
+  }
 
   Index tiles() const { return (q_.rows + blocks_.query_rows - 1) / blocks_.query_rows; }
 
@@ -69,29 +71,34 @@ class TiledHead {
 
     // prologue: this tile's queries, scaled, and a clean softmax state
     const Index i0 = tile * bq, n_rows = std::min(bq, nq - i0);
-    Index keys_end = 0, keys_unmasked = nk_;  // some row sees keys < keys_end; every row, keys < keys_unmasked
+    Index keys_begin = nk_, keys_end = 0;  // some row sees keys in [keys_begin, keys_end)
+    Index band_begin = 0, band_end = nk_;  // every row sees keys in [band_begin, band_end)
     for (Index r = 0; r < n_rows; ++r) {
       const Q* q_row = q_.row(i0 + r);
       for (Index c = 0; c < dk; ++c) q_tile[r * dk + c] = T(q_row[c]) * query_scale_;
       std::fill(acc + r * acc_ld_, acc + (r + 1) * acc_ld_, T(0));
       rows[r] = {};
+      keys_begin = std::min(keys_begin, mask_.key_begin(i0 + r));
       keys_end = std::max(keys_end, mask_.key_end(i0 + r));
-      keys_unmasked = std::min(keys_unmasked, mask_.key_end(i0 + r));
+      band_begin = std::max(band_begin, mask_.key_begin(i0 + r));
+      band_end = std::min(band_end, mask_.key_end(i0 + r));
     }
 
-    for (Index j0 = 0, chunk_end = chunk_keys_; j0 < keys_end; j0 += blocks_.key_rows) {
+    // key tiles from the first one some row sees (tiles stay aligned to multiples of Bk)
+    const Index first = keys_begin / blocks_.key_rows * blocks_.key_rows;
+    for (Index j0 = first, chunk_end = first + chunk_keys_; j0 < keys_end; j0 += blocks_.key_rows) {
       if (j0 == chunk_end) {  // a running bound, not j0 % chunk_keys_: no division per key tile
         fold_chunk(n_rows, acc, rows, totals);
         chunk_end += chunk_keys_;
       }
       const Index n_keys = std::min(blocks_.key_rows, nk_ - j0);
-      const bool masked = j0 + n_keys > keys_unmasked || mask_.elementwise();
+      const bool masked = j0 < band_begin || j0 + n_keys > band_end || mask_.every_tile();
       if (masked || !micro_.fused_softmax(q_tile, n_rows, j0, n_keys, s, score_ld_, rows, rescale)) {
         micro_.scores(q_tile, n_rows, j0, n_keys, s, score_ld_);
         for (Index r = 0; r < n_rows; ++r) {
           T* s_row = s + r * score_ld_;
+          if (masked) change_scores(i0 + r, j0, n_keys, s_row);
           std::fill(s_row + n_keys, s_row + score_ld_, -std::numeric_limits<T>::infinity());
-          if (masked) mask_.apply(i0 + r, j0, n_keys, s_row);
           rescale[r] = rows[r].absorb(s_row, score_ld_, [&](V x) { return micro_.exp2(x); });
         }
       }
@@ -118,6 +125,30 @@ class TiledHead {
     RowTotal* rows;  // Bq
     bool used;
   };
+
+  /// Row i's scores for keys [j0, j0 + n), as MaskPolicy::apply changes them, with the cap
+  /// and ALiBi computed a vector at a time over the whole padded row (padding is overwritten
+  /// with -inf afterwards).
+  void change_scores(Index i, Index j0, Index n, T* s) const {
+    const T cap = mask_.cap();
+    if (cap > T(0)) {
+      const V c = V::broadcast(cap), inverse = V::broadcast(T(1) / cap);
+      const auto exp2 = [&](V x) { return micro_.exp2(x); };
+      for (Index col = 0; col < score_ld_; col += V::width)
+        (c * vector_tanh(V::load(s + col) * inverse, exp2)).store(s + col);
+    }
+    mask_.limit(i, j0, n, s);
+    mask_.apply_elementwise(i, j0, n, s);
+    const T step = mask_.alibi_step(i);
+    if (step != T(0)) {  // s += -slope |i' - j|, exact distances (below 2^24 in float)
+      const V slope = V::broadcast(step), lanes = V::load(lanes_);
+      const Index origin = mask_.alibi_origin(i) - j0;  // i' - j at this tile's first key
+      for (Index col = 0; col < score_ld_; col += V::width) {
+        const V distance = V::broadcast(T(origin - col)) - lanes;
+        fma(slope, max(distance, V::zero() - distance), V::load(s + col)).store(s + col);
+      }
+    }
+  }
 
   /// Adds the chunk just finished (acc, rows) into the totals with the log-sum-exp rule, then
   /// starts the next chunk afresh.
@@ -148,7 +179,13 @@ class TiledHead {
   /// (A 16-bit output is rounded here, once.)
   void finish_row(Index i, RowTotal total, const T* row_acc) const {
     O* out_row = out_.row(i);
-    const T normaliser = T(1) / total.sum;
+    T keys_weight = T(1);  // what the keys' share of the denominator scales the output by
+    if (mask_.has_sinks()) {  // the sink joins the denominator: max and sum gain one term
+      const T sink = mask_.sink(i) * kLog2e, max = std::max(total.max, sink);
+      keys_weight = total.max == -std::numeric_limits<T>::infinity() ? T(0) : std::exp2(total.max - max);
+      total = {max, keys_weight * total.sum + std::exp2(sink - max)};
+    }
+    const T normaliser = keys_weight / total.sum;
     bool finite = total.sum > T(0) && std::isfinite(normaliser);
     for (Index c = 0; c < out_.cols && finite; ++c) {
       const T value = row_acc[c] * normaliser;
@@ -178,6 +215,7 @@ class TiledHead {
   detail::MaskPolicy<T> mask_, natural_mask_;
   T query_scale_;
   Index score_ld_, acc_ld_, chunk_keys_;
+  T lanes_[V::width];  // 0, 1, ..., W - 1: key offsets within a vector, for ALiBi
 };
 
 /// One head: out = softmax(scale Q K^T + masks) V, and each row's LSE when `lse` is not null.
@@ -205,26 +243,25 @@ void tiled_attention(MatrixView<const Q> q, MatrixView<const typename Micro::Sto
   }
 
   // Split keys: piece p covers keys [p L, (p + 1) L), whole key tiles, the last one the rest.
-  // Causal and key lengths become per-row lengths within each piece; masks and biases are
-  // column slices. Partial outputs and LSEs: (pieces, Nq, d_v) and (pieces, Nq).
+  // Each piece sees its keys where they sit in the call (key_offset), so that causal
+  // alignment, windows, ALiBi and key lengths need no translation; masks and biases are
+  // column slices. A sink joins the denominator once, after the merge, not once per piece.
+  // Partial outputs and LSEs: (pieces, Nq, d_v) and (pieces, Nq).
   const Index piece_keys = round_up((nk + pieces - 1) / pieces, blocks.key_rows);
   const detail::MaskPolicy<T> full(masks, nq, nk, T(1));
   const detail::ScratchLease<T, detail::Slot::Partials> partials(pieces * nq * (dv + 1));
-  const detail::ScratchLease<Index, detail::Slot::Partials> piece_lengths(pieces * nq);
   T* partial_out = partials.data();
   T* partial_lse = partial_out + pieces * nq * dv;
-  Index* lengths = piece_lengths.data();  // (pieces, Nq)
-  for (Index piece = 0; piece < pieces; ++piece)
-    for (Index i = 0; i < nq; ++i)
-      lengths[piece * nq + i] =
-          std::clamp<Index>(full.key_end(i) - piece * piece_keys, 0, std::max<Index>(0, nk - piece * piece_keys));
   detail::parallel_for(pieces * query_tiles, options, [&](Index first, Index end) {
     for (Index item = first; item < end; ++item) {
       const Index piece = item / query_tiles, tile = item % query_tiles;
       const Index j0 = piece * piece_keys, n = std::max<Index>(0, std::min(piece_keys, nk - j0));
-      const detail::HeadMasks piece_masks{false, lengths + piece * nq, nq,
-                                          masks.mask.empty() ? masks.mask : masks.mask.middle_cols(j0, n),
-                                          masks.bias.empty() ? masks.bias : masks.bias.middle_cols(j0, n)};
+      detail::HeadMasks piece_masks = masks;
+      if (!masks.mask.empty()) piece_masks.mask = masks.mask.middle_cols(j0, n);
+      if (!masks.bias.empty()) piece_masks.bias = masks.bias.middle_cols(j0, n);
+      piece_masks.key_offset = masks.key_offset + j0;
+      piece_masks.total_keys = masks.total_keys >= 0 ? masks.total_keys : nk;
+      piece_masks.sinks = nullptr;
       const MatrixView<const S> k_piece = k.middle_rows(j0, n), v_piece = v.middle_rows(j0, n);
       T* packed = detail::thread_scratch<T, detail::Slot::ChunkPacked>(Micro::packed_size(k_piece, v_piece, blocks));
       const Micro micro(k_piece, v_piece, blocks, packed);
@@ -245,6 +282,7 @@ void tiled_attention(MatrixView<const Q> q, MatrixView<const typename Micro::Sto
   // the whole row). Then each row is stored, rounded once to O.
   for (Index i = 0; i < nq; ++i) {
     T* row = merged.row(i);
+    if (full.has_sinks()) add_sink(row, dv, partial_lse[i], full.sink(i));
     if (!std::all_of(row, row + dv, [](T x) { return std::isfinite(x); })) {
       T* p = detail::thread_scratch<T, detail::Slot::ReferenceRow>(nk);
       reference_row_weights(q, k, i, scale, full, p, partial_lse + i);

@@ -45,6 +45,7 @@ using V256 = Vec<float, avx2>;
 SDPA_ALWAYS_INLINE V256 operator+(V256 a, V256 b) { return {_mm256_add_ps(a.v, b.v)}; }
 SDPA_ALWAYS_INLINE V256 operator-(V256 a, V256 b) { return {_mm256_sub_ps(a.v, b.v)}; }
 SDPA_ALWAYS_INLINE V256 operator*(V256 a, V256 b) { return {_mm256_mul_ps(a.v, b.v)}; }
+SDPA_ALWAYS_INLINE V256 operator/(V256 a, V256 b) { return {_mm256_div_ps(a.v, b.v)}; }
 SDPA_ALWAYS_INLINE V256 fma(V256 a, V256 b, V256 c) { return {_mm256_fmadd_ps(a.v, b.v, c.v)}; }
 // maxps returns its second operand when either is NaN: swap so that NaN in `a` propagates.
 SDPA_ALWAYS_INLINE V256 max(V256 a, V256 b) { return {_mm256_max_ps(b.v, a.v)}; }

@@ -45,6 +45,7 @@ using V512 = Vec<float, avx512>;
 SDPA_ALWAYS_INLINE V512 operator+(V512 a, V512 b) { return {_mm512_add_ps(a.v, b.v)}; }
 SDPA_ALWAYS_INLINE V512 operator-(V512 a, V512 b) { return {_mm512_sub_ps(a.v, b.v)}; }
 SDPA_ALWAYS_INLINE V512 operator*(V512 a, V512 b) { return {_mm512_mul_ps(a.v, b.v)}; }
+SDPA_ALWAYS_INLINE V512 operator/(V512 a, V512 b) { return {_mm512_div_ps(a.v, b.v)}; }
 SDPA_ALWAYS_INLINE V512 fma(V512 a, V512 b, V512 c) { return {_mm512_fmadd_ps(a.v, b.v, c.v)}; }
 // maxps returns its second operand when either is NaN: swap so that NaN in `a` propagates.
 SDPA_ALWAYS_INLINE V512 max(V512 a, V512 b) { return {_mm512_max_ps(b.v, a.v)}; }

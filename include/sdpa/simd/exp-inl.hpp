@@ -65,3 +65,18 @@ SDPA_ALWAYS_INLINE V exp(V x) {
   return exp_detail::overflow_to_inf(exp_detail::exp2_reduced(r * V::broadcast(kLog2e), n), x, kHighest);
 }
 
+
+/// tanh(x), elementwise, from an exp2 that is accurate for arguments <= 0 (the kernels' exp2):
+/// tanh |x| = (1 - e) / (1 + e) with e = 2^(-2 log2(e) |x|) in (0, 1], and the sign of x put
+/// back. Its error is absolute, not relative (1 - e loses the low bits as x -> 0): under a few
+/// eps everywhere (tests/test_exp.cpp measures it; the README quotes it), which the soft cap
+/// multiplies by the cap. +-inf gives +-1, NaN stays NaN.
+template <class V, class Exp2>
+SDPA_ALWAYS_INLINE V vector_tanh(V x, Exp2 exp2) {
+  using T = typename V::value_type;
+  constexpr T kMinusTwoLog2e = T(-2.885390081777926814719849362183380L);
+  const V magnitude = max(x, V::zero() - x);  // NaN stays in (max keeps its first operand)
+  const V e = exp2(magnitude * V::broadcast(kMinusTwoLog2e));
+  const V t = (V::broadcast(T(1)) - e) / (V::broadcast(T(1)) + e);
+  return select(less(x, V::zero()), V::zero() - t, t);
+}

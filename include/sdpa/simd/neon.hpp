@@ -41,6 +41,7 @@ using V128 = Vec<float, neon>;
 SDPA_ALWAYS_INLINE V128 operator+(V128 a, V128 b) { return {vaddq_f32(a.v, b.v)}; }
 SDPA_ALWAYS_INLINE V128 operator-(V128 a, V128 b) { return {vsubq_f32(a.v, b.v)}; }
 SDPA_ALWAYS_INLINE V128 operator*(V128 a, V128 b) { return {vmulq_f32(a.v, b.v)}; }
+SDPA_ALWAYS_INLINE V128 operator/(V128 a, V128 b) { return {vdivq_f32(a.v, b.v)}; }
 SDPA_ALWAYS_INLINE V128 fma(V128 a, V128 b, V128 c) { return {vfmaq_f32(c.v, a.v, b.v)}; }
 // NEON's fmax/fmin return NaN when either operand is NaN: a superset of the contract.
 SDPA_ALWAYS_INLINE V128 max(V128 a, V128 b) { return {vmaxq_f32(a.v, b.v)}; }

@@ -30,6 +30,7 @@ struct Vec<T, scalar> {
 template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> operator+(Vec<T, scalar> a, Vec<T, scalar> b) { return {a.v + b.v}; }
 template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> operator-(Vec<T, scalar> a, Vec<T, scalar> b) { return {a.v - b.v}; }
 template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> operator*(Vec<T, scalar> a, Vec<T, scalar> b) { return {a.v * b.v}; }
+template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> operator/(Vec<T, scalar> a, Vec<T, scalar> b) { return {a.v / b.v}; }
 /// a * b + c, rounded once where the build has fused multiply-add (as the vector ISAs do).
 /// Written as std::fma then, not a * b + c: the compiler contracts a * b + c into an FMA in some
 /// inlined copies and not in others, so a row's result would depend on its place in the tile.
