@@ -1,5 +1,6 @@
-// The golden cases computed with PyTorch 1.13 in float64, kept in tests/data: every
-// path in float within the derived tolerance, in double to 1e-12 relative.
+// The golden cases in tests/data, computed by an independent implementation in float64
+// (PyTorch 1.13 for attn_* and layer_*; the model variants var_* written out from their
+// definitions): every path in float within the derived tolerance, in double to 1e-12 relative.
 #include "catch.hpp"
 #include "support.hpp"
 
@@ -14,6 +15,14 @@ MaskSpec mask_of(const Golden& g) {
   if (g.has("bias")) mask.bias = g["bias"];
   if (g.has("lengths"))
     for (Index i = 0; i < g["lengths"].cols(); ++i) mask.lengths.push_back(Index(g["lengths"](0, i)));
+  // model variants (var_*)
+  mask.window_left = Index(g.scalar("window_left", -1));
+  mask.window_right = Index(g.scalar("window_right", -1));
+  mask.alibi = g.scalars.count("alibi_slope") != 0;
+  mask.slope = g.scalar("alibi_slope", 0);
+  mask.softcap = g.scalar("softcap", 0);
+  mask.has_sink = g.scalars.count("sink") != 0;
+  mask.sink = g.scalar("sink", 0);
   return mask;
 }
 
@@ -52,6 +61,18 @@ void check_attention_case(const std::string& file) {
       CHECK(relative_difference(sdpa::attention(Q, K, V, options), g["out"]) <= 1e-12);
       check_attention(sdpa::attention(q, k, v, options), expected_float, K.rows(), Q.cols(), file);
       CHECK(relative_difference(sdpa::attention_weights(Q, K, options), g["weights"]) <= 1e-12);
+      if (!g.has("lse")) continue;
+      Matrix<double> out(Q.rows(), V.cols());
+      sdpa::Vector<double> lse(Q.rows());
+      sdpa::attention_into(Q, K, V, out, lse, options);
+      const Matrix<double> want_lse = g["lse"].transpose();
+      for (Index i = 0; i < lse.size(); ++i) {
+        CAPTURE(i);
+        if (std::isinf(want_lse(i, 0)))
+          CHECK(lse(i) == want_lse(i, 0));
+        else
+          CHECK(std::fabs(lse(i) - want_lse(i, 0)) <= 1e-12 * std::max(1.0, std::fabs(want_lse(i, 0))));
+      }
     }
 }
 
@@ -92,6 +113,21 @@ TEST_CASE("golden attention cases from PyTorch", "[golden]") {
   for (const char* file : {"attn_small.txt", "attn_bias_scale.txt", "attn_bool_mask.txt", "attn_causal_nq5_nk7.txt",
                            "attn_causal_nq7_nk4.txt", "attn_key_lengths.txt", "attn_large_logits.txt"})
     check_attention_case(file);
+}
+
+TEST_CASE("golden model variants: windows, ALiBi, soft-capping, sinks", "[golden][variants]") {
+  for (const char* file : {"var_window_both.txt", "var_window_causal.txt", "var_alibi.txt", "var_alibi_causal.txt",
+                           "var_softcap.txt", "var_sink.txt", "var_sink_causal_masked.txt", "var_all.txt"})
+    check_attention_case(file);
+}
+
+TEST_CASE("golden ALiBi slopes", "[golden][variants]") {
+  for (const Index heads : {1, 8, 12}) {
+    const Golden g = load_golden("var_alibi_slopes_h" + std::to_string(heads) + ".txt");
+    const std::vector<double> slopes = sdpa::alibi_slopes(heads);
+    REQUIRE(Index(slopes.size()) == g["slopes"].cols());
+    for (Index h = 0; h < heads; ++h) CHECK(std::fabs(slopes[std::size_t(h)] - g["slopes"](0, h)) <= 1e-15);
+  }
 }
 
 TEST_CASE("golden SelfAttention layers from PyTorch", "[golden]") {
