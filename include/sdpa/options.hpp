@@ -109,6 +109,7 @@ struct Bias {
 /// Window{n, 0} is causal attention over the last n + 1 keys (Mistral's window of n + 1,
 /// FlashAttention's window_size = (n, 0)). Key tiles wholly outside the band are never visited.
 struct Window {
+  /// A side with no bound (the default of both).
   static constexpr Index unbounded = std::numeric_limits<Index>::max();
   Index left = unbounded;   ///< keys before i' it may see; >= 0
   Index right = unbounded;  ///< keys after i' it may see; >= 0 (0 = causal)

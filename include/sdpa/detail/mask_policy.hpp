@@ -102,8 +102,8 @@ class MaskPolicy {
 
   /// True when some score must be looked at one by one (a boolean mask or a bias).
   bool elementwise() const { return !masks_.mask.empty() || !masks_.bias.empty(); }
-  /// True when every tile's scores change, not only those at a band's edge.
-  bool every_tile() const { return elementwise() || masks_.slopes || cap_ > T(0); }
+  /// True when a formula changes every score (the soft cap, ALiBi).
+  bool changes_scores() const { return masks_.slopes != nullptr || cap_ > T(0); }
 
   /// The cap in the scores' base (0 = none): s becomes cap tanh(s / cap).
   T cap() const { return cap_; }

@@ -51,7 +51,8 @@ class BlockedTiles {
   }
 
   // The plain path keeps the steps apart.
-  bool fused_softmax(const T*, Index, Index, Index, T*, Index, OnlineSoftmaxRow<Vec>*, T*) const {
+  template <class Change>
+  bool fused_softmax(const T*, Index, Index, Index, T*, Index, OnlineSoftmaxRow<Vec>*, T*, const Change&) const {
     return false;
   }
 

@@ -85,15 +85,21 @@ SDPA_ALWAYS_INLINE void score_block(const float* q, Index dk, const float* kt, I
     for (int c = 0; c < C; ++c) acc[r][c].store(s + r * s_ld + c * V::width);
 }
 
-// The scores of R rows against a whole key tile (C W keys), folded into the rows' online
-// softmax while still in registers: stores p = 2^(s - max) and each row's rescale factor.
-// Same operations in the same order as OnlineSoftmaxRow::absorb, so the same results.
-template <class V, int R, int C>
+// The scores of R rows against a whole key tile (C W keys), changed by the per-score
+// variants (change(r, c, s) for vector c of row r: the soft cap, ALiBi) and folded into the
+// rows' online softmax while still in registers: stores p = 2^(s - max) and each row's
+// rescale factor. Same operations in the same order as OnlineSoftmaxRow::absorb, so the
+// same results.
+template <class V, int R, int C, class Change>
 SDPA_ALWAYS_INLINE void score_softmax_block(const float* q, Index dk, const float* kt, Index kt_ld, float* p,
-                                            Index p_ld, OnlineSoftmaxRow<V>* states,
-                                            float* rescale) {
+                                            Index p_ld, OnlineSoftmaxRow<V>* states, float* rescale,
+                                            const Change& change) {
   V s[R][C];
   score_registers<V, R, C>(q, dk, kt, kt_ld, s);
+  SDPA_UNROLL
+  for (int r = 0; r < R; ++r)
+    SDPA_UNROLL
+    for (int c = 0; c < C; ++c) s[r][c] = change(r, c, s[r][c]);
   const auto exp2 = [](V x) { return exp2_no_overflow(x); };
   SDPA_UNROLL
   for (int r = 0; r < R; ++r) {
@@ -240,15 +246,18 @@ class SimdTiles {
 
   /// Takes a tile of exactly one microkernel's width (AVX-512's default: 64 keys when d_k + d_v >= 128;
   /// on AVX2 a 16-key tile costs more than fusing saves, measured, so 64-key tiles run unfused): S goes
-  /// from the FMAs through max, exp and sum to P without a round trip through memory.
+  /// from the FMAs through the variants' change(row, key, s) (row in the tile, key offset in
+  /// it), max, exp and sum to P without a round trip through memory.
+  template <class Change>
   bool fused_softmax(const float* q_tile, Index rows, Index j0, Index keys, float* p, Index ld,
-                     OnlineSoftmaxRow<Vec>* states, float* rescale) const {
+                     OnlineSoftmaxRow<Vec>* states, float* rescale, const Change& change) const {
     if (keys != key_multiple || ld != key_multiple) return false;
     const float* panel = packed_k_ + (j0 / key_rows_) * dk_ * panel_ld_;
     for (Index r0 = 0; r0 < rows; r0 += R)
       microkernels::with_rows<R>(rows - r0, [&](auto height) {
-        microkernels::score_softmax_block<Vec, height, C>(q_tile + r0 * dk_, dk_, panel, panel_ld_, p + r0 * ld, ld,
-                                                    states + r0, rescale + r0);
+        microkernels::score_softmax_block<Vec, height, C>(
+            q_tile + r0 * dk_, dk_, panel, panel_ld_, p + r0 * ld, ld, states + r0, rescale + r0,
+            [&](int r, int c, Vec s) { return change(r0 + r, Index(c) * W, s); });
       });
     return true;
   }
@@ -295,7 +304,9 @@ class RowTiles {
 
   Index accumulator_cols() const { return detail::features<S>(v_.cols); }
   Vec exp2(Vec x) const { return exp2_no_overflow(x); }
-  bool fused_softmax(const float*, Index, Index, Index, float*, Index, OnlineSoftmaxRow<Vec>*, float*) const {
+  template <class Change>
+  bool fused_softmax(const float*, Index, Index, Index, float*, Index, OnlineSoftmaxRow<Vec>*, float*,
+                     const Change&) const {
     return false;
   }
 

@@ -28,7 +28,8 @@ inline void score_softmax_block(Index rows, const float* q, Index dk, const floa
     states[r].running_sum = V::load(lanes);
   }
   microkernels::with_rows<R>(rows, [&](auto height) {
-    microkernels::score_softmax_block<V, height, C>(q, dk, kt, kt_ld, p, p_ld, states, rescale);
+    microkernels::score_softmax_block<V, height, C>(q, dk, kt, kt_ld, p, p_ld, states, rescale,
+                                                    [](int, int, V s) { return s; });
   });
   for (Index r = 0; r < rows; ++r) {
     running_max[r] = states[r].running_max;

@@ -52,7 +52,7 @@ class TiledHead {
       : q_(q), k_(k), v_(v), out_(out), lse_(lse), nk_(k.rows), scale_(scale), micro_(micro), blocks_(blocks),
         mask_(masks, q.rows, k.rows, kLog2e), natural_mask_(masks, q.rows, k.rows, T(1)),
         query_scale_(T(scale * double(kLog2e))), score_ld_(round_up(blocks.key_rows, Micro::key_multiple)),
-        acc_ld_(micro.accumulator_cols()),
+        acc_ld_(micro.accumulator_cols()), changes_(mask_.changes_scores()),
         chunk_keys_(std::max<Index>(1, kChunkKeys / blocks.key_rows) * blocks.key_rows) {
     for (int lane = 0; lane < V::width; ++lane) lanes_[lane] = T(lane);
   }
@@ -92,12 +92,12 @@ class TiledHead {
         chunk_end += chunk_keys_;
       }
       const Index n_keys = std::min(blocks_.key_rows, nk_ - j0);
-      const bool masked = j0 < band_begin || j0 + n_keys > band_end || mask_.every_tile();
-      if (masked || !micro_.fused_softmax(q_tile, n_rows, j0, n_keys, s, score_ld_, rows, rescale)) {
+      const bool masked = j0 < band_begin || j0 + n_keys > band_end || mask_.elementwise();
+      if (masked || !fused_softmax(i0, j0, n_keys, q_tile, n_rows, s, rows, rescale)) {
         micro_.scores(q_tile, n_rows, j0, n_keys, s, score_ld_);
         for (Index r = 0; r < n_rows; ++r) {
           T* s_row = s + r * score_ld_;
-          if (masked) change_scores(i0 + r, j0, n_keys, s_row);
+          if (masked || changes_) change_scores(i0 + r, j0, n_keys, s_row);
           std::fill(s_row + n_keys, s_row + score_ld_, -std::numeric_limits<T>::infinity());
           rescale[r] = rows[r].absorb(s_row, score_ld_, [&](V x) { return micro_.exp2(x); });
         }
@@ -125,6 +125,24 @@ class TiledHead {
     RowTotal* rows;  // Bq
     bool used;
   };
+
+  /// The Micro's fused score-softmax step over an unmasked tile, with the soft cap and ALiBi
+  /// applied to each vector of scores in registers when there are any.
+  bool fused_softmax(Index i0, Index j0, Index n_keys, const T* q_tile, Index n_rows, T* s, OnlineSoftmaxRow<V>* rows,
+                     T* rescale) const {
+    if (!changes_)
+      return micro_.fused_softmax(q_tile, n_rows, j0, n_keys, s, score_ld_, rows, rescale,
+                                  [](Index, Index, V x) { return x; });
+    const T cap = mask_.cap(), inverse_cap = cap > T(0) ? T(1) / cap : T(0);
+    const auto exp2 = [&](V x) { return micro_.exp2(x); };
+    return micro_.fused_softmax(q_tile, n_rows, j0, n_keys, s, score_ld_, rows, rescale, [&](Index r, Index col, V x) {
+      if (cap > T(0)) x = V::broadcast(cap) * vector_tanh(x * V::broadcast(inverse_cap), exp2);
+      const T step = mask_.alibi_step(i0 + r);
+      if (step == T(0)) return x;
+      const V distance = V::broadcast(T(mask_.alibi_origin(i0 + r) - j0 - col)) - V::load(lanes_);
+      return fma(V::broadcast(step), max(distance, V::zero() - distance), x);
+    });
+  }
 
   /// Row i's scores for keys [j0, j0 + n), as MaskPolicy::apply changes them, with the cap
   /// and ALiBi computed a vector at a time over the whole padded row (padding is overwritten
@@ -214,7 +232,9 @@ class TiledHead {
   BlockConfig blocks_;
   detail::MaskPolicy<T> mask_, natural_mask_;
   T query_scale_;
-  Index score_ld_, acc_ld_, chunk_keys_;
+  Index score_ld_, acc_ld_;
+  bool changes_;  // the soft cap or ALiBi changes every score
+  Index chunk_keys_;
   T lanes_[V::width];  // 0, 1, ..., W - 1: key offsets within a vector, for ALiBi
 };
 
