@@ -68,6 +68,7 @@ class TiledHead {
     T* rescale = detail::thread_scratch<T, detail::Slot::Rescale>(bq);  // per row, this key tile
     Totals totals{detail::thread_scratch<T, detail::Slot::TotalAccumulator>(bq * acc_ld_),
                   detail::thread_scratch<RowTotal, detail::Slot::RowTotals>(bq), false};
+    T* alibi = detail::thread_scratch<T, detail::Slot::RowAlibi>(2 * bq);  // per row: -slope, then i' - j at key 0
 
     // prologue: this tile's queries, scaled, and a clean softmax state
     const Index i0 = tile * bq, n_rows = std::min(bq, nq - i0);
@@ -82,6 +83,8 @@ class TiledHead {
       keys_end = std::max(keys_end, mask_.key_end(i0 + r));
       band_begin = std::max(band_begin, mask_.key_begin(i0 + r));
       band_end = std::min(band_end, mask_.key_end(i0 + r));
+      alibi[r] = mask_.alibi_step(i0 + r);
+      alibi[bq + r] = T(mask_.alibi_origin(i0 + r));
     }
 
     // key tiles from the first one some row sees (tiles stay aligned to multiples of Bk)
@@ -93,7 +96,7 @@ class TiledHead {
       }
       const Index n_keys = std::min(blocks_.key_rows, nk_ - j0);
       const bool masked = j0 < band_begin || j0 + n_keys > band_end || mask_.elementwise();
-      if (masked || !fused_softmax(i0, j0, n_keys, q_tile, n_rows, s, rows, rescale)) {
+      if (masked || !fused_softmax(j0, n_keys, q_tile, n_rows, s, rows, rescale, alibi, alibi + bq)) {
         micro_.scores(q_tile, n_rows, j0, n_keys, s, score_ld_);
         for (Index r = 0; r < n_rows; ++r) {
           T* s_row = s + r * score_ld_;
@@ -127,20 +130,21 @@ class TiledHead {
   };
 
   /// The Micro's fused score-softmax step over an unmasked tile, with the soft cap and ALiBi
-  /// applied to each vector of scores in registers when there are any.
-  bool fused_softmax(Index i0, Index j0, Index n_keys, const T* q_tile, Index n_rows, T* s, OnlineSoftmaxRow<V>* rows,
-                     T* rescale) const {
+  /// applied to each vector of scores in registers when there are any. `steps` and `origins`:
+  /// each row's ALiBi step (-slope, 0 = none) and i' - j at key 0.
+  bool fused_softmax(Index j0, Index n_keys, const T* q_tile, Index n_rows, T* s, OnlineSoftmaxRow<V>* rows,
+                     T* rescale, const T* steps, const T* origins) const {
     if (!changes_)
       return micro_.fused_softmax(q_tile, n_rows, j0, n_keys, s, score_ld_, rows, rescale,
                                   [](Index, Index, V x) { return x; });
     const T cap = mask_.cap(), inverse_cap = cap > T(0) ? T(1) / cap : T(0);
     const auto exp2 = [&](V x) { return micro_.exp2(x); };
+    const V lanes = V::load(lanes_);
     return micro_.fused_softmax(q_tile, n_rows, j0, n_keys, s, score_ld_, rows, rescale, [&](Index r, Index col, V x) {
       if (cap > T(0)) x = V::broadcast(cap) * vector_tanh(x * V::broadcast(inverse_cap), exp2);
-      const T step = mask_.alibi_step(i0 + r);
-      if (step == T(0)) return x;
-      const V distance = V::broadcast(T(mask_.alibi_origin(i0 + r) - j0 - col)) - V::load(lanes_);
-      return fma(V::broadcast(step), max(distance, V::zero() - distance), x);
+      if (steps[r] == T(0)) return x;
+      const V distance = V::broadcast(origins[r] - T(j0 + col)) - lanes;  // i' - j, exact below 2^24
+      return fma(V::broadcast(steps[r]), max(distance, V::zero() - distance), x);
     });
   }
 
