@@ -10,6 +10,11 @@
 //   variants/<variant>/N:2048/d:64/threads:T      softcap, alibi, sinks, or all three, against
 //                                                 plain non-causal attention
 //   variants/window1024/N:16384/d:64/threads:T    causal with window (1024, 0) against causal
+//   varlen/lengths:2048,1400,512,128/d:64/threads:T
+//                                                 packed causal sequences (attention_varlen),
+//                                                 against the four sequences in separate calls
+//                                                 (`vs_separate`) and the batch padded to 2048
+//                                                 with sequence_lengths (`vs_padded`)
 //
 // One iteration = 8 heads, [1, N, 8, d] (the projected layout), Kernel::Simd, 1 or 2 threads.
 //
@@ -20,11 +25,14 @@
 
 #include <benchmark/benchmark.h>
 
+#include <algorithm>
 #include <chrono>
 #include <map>
+#include <numeric>
 #include <random>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace {
 
@@ -94,6 +102,61 @@ void BM_variant(benchmark::State& state, std::string name, Index n, Index d, boo
                                                 benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
+/// Packed sequences against separate calls and against padding, interleaved in each iteration.
+void BM_varlen(benchmark::State& state, std::vector<Index> lengths, Index d, int threads) {
+  const Index total = std::accumulate(lengths.begin(), lengths.end(), Index(0));
+  const Index longest = *std::max_element(lengths.begin(), lengths.end()), batch = Index(lengths.size());
+  Workspace& packed = Workspace::get(total, d);
+  Workspace& padded = Workspace::get(batch * longest, d);  // [B, longest, H, d]
+  std::vector<Index> offsets{0};
+  for (const Index n : lengths) offsets.push_back(offsets.back() + n);
+  sdpa::Options options = variant("plain", true, threads);
+  const auto view = [&](auto& m, Index b, Index n, Index first) {
+    using T = std::remove_reference_t<decltype(m(0, 0))>;
+    return sdpa::TensorView<T>::bnhd(m.data() + first * kHeads * d, b, n, kHeads, d);
+  };
+  const auto run_packed = [&] {
+    sdpa::attention_varlen<float>(view(packed.q, 1, total, 0), view(packed.k, 1, total, 0), view(packed.v, 1, total, 0),
+                                  view(packed.out, 1, total, 0), offsets, offsets, options);
+  };
+  const auto run_separate = [&] {
+    for (std::size_t b = 0; b < lengths.size(); ++b)
+      sdpa::attention<float>(view(packed.q, 1, lengths[b], offsets[b]), view(packed.k, 1, lengths[b], offsets[b]),
+                             view(packed.v, 1, lengths[b], offsets[b]), view(packed.out, 1, lengths[b], offsets[b]),
+                             options);
+  };
+  sdpa::Options padding = options;
+  padding.sequence_lengths = lengths;
+  const auto run_padded = [&] {
+    sdpa::attention<float>(view(padded.q, batch, longest, 0), view(padded.k, batch, longest, 0),
+                           view(padded.v, batch, longest, 0), view(padded.out, batch, longest, 0), padding);
+  };
+  run_packed(), run_separate(), run_padded();  // warm-up
+  using Clock = std::chrono::steady_clock;
+  double seconds[3] = {0, 0, 0};
+  for (auto _ : state) {
+    const auto t0 = Clock::now();
+    run_packed();
+    const auto t1 = Clock::now();
+    run_separate();
+    const auto t2 = Clock::now();
+    run_padded();
+    const auto t3 = Clock::now();
+    benchmark::ClobberMemory();
+    const double packed_seconds = std::chrono::duration<double>(t1 - t0).count();
+    seconds[0] += packed_seconds;
+    seconds[1] += std::chrono::duration<double>(t2 - t1).count();
+    seconds[2] += std::chrono::duration<double>(t3 - t2).count();
+    state.SetIterationTime(packed_seconds);
+  }
+  state.counters["vs_separate"] = seconds[0] / seconds[1];
+  state.counters["vs_padded"] = seconds[0] / seconds[2];
+  double pairs = 0;
+  for (const Index n : lengths) pairs += double(n) * double(n + 1) / 2;
+  state.counters["GFLOPS"] = benchmark::Counter(4.0 * pairs * double(d) * double(kHeads),
+                                                benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+
 void register_all() {
   for (const int threads : {1, 2}) {
     for (const char* name : {"softcap", "alibi", "sinks", "all"})
@@ -103,6 +166,10 @@ void register_all() {
           ->Unit(benchmark::kMillisecond);
     benchmark::RegisterBenchmark(("variants/window1024/N:16384/d:64/threads:" + std::to_string(threads)).c_str(),
                                  BM_variant, "window1024", 16384, 64, true, threads)
+        ->UseManualTime()
+        ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("varlen/lengths:2048,1400,512,128/d:64/threads:" + std::to_string(threads)).c_str(),
+                                 BM_varlen, std::vector<Index>{2048, 1400, 512, 128}, 64, threads)
         ->UseManualTime()
         ->Unit(benchmark::kMillisecond);
   }

@@ -64,8 +64,7 @@ bool owns_its_elements(const TensorView<T>& t) {
 
 template <class T, class S>
 void validate_batched(const TensorView<const T>& q, const TensorView<const S>& k, const TensorView<const S>& v,
-                      const TensorView<T>& out, const Options& options) {
-  const char* fn = "attention";
+                      const TensorView<T>& out, const Options& options, const char* fn = "attention") {
   const std::string all = shape4("Q", q) + ", " + shape4("K", k) + ", " + shape4("V", v) + ", " + shape4("out", out);
   const auto each_view = [&](const auto& f) { f(q), f(k), f(v), f(TensorView<const T>(out)); };
   bool negative_size = false, negative_stride = false, unaddressable = false;

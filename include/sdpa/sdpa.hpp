@@ -13,6 +13,7 @@
 #include "options.hpp"
 #include "projection.hpp"
 #include "self_attention.hpp"
+#include "varlen.hpp"
 #include "version.hpp"
 #include "views.hpp"
 

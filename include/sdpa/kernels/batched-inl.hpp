@@ -42,6 +42,68 @@ void batched_tiled(const TensorView<const Q>& q, const TensorView<const typename
   });
 }
 
+/// Packed variable-length sequences: sequence b holds queries [offsets_q[b], offsets_q[b + 1])
+/// and keys [offsets_k[b], offsets_k[b + 1]) of the [total tokens, heads, d] views (batch 1),
+/// each attending only within itself with its own positions. Every (sequence, head, query
+/// tile) is one work item of one pool, so threads share sequences of any lengths with no
+/// padding; each (sequence, kv head) is packed once, and each sequence runs with the tile
+/// sizes a call on it alone would choose.
+template <class Micro, class Q>
+void varlen_tiled(const TensorView<const Q>& q, const TensorView<const typename Micro::Storage>& k,
+                  const TensorView<const typename Micro::Storage>& v, const TensorView<Q>& out,
+                  const std::vector<Index>& offsets_q, const std::vector<Index>& offsets_k, double scale,
+                  const Options& options) {
+  using T = typename Micro::Vec::value_type;
+  const Index sequences = Index(offsets_q.size()) - 1, group = q.heads / k.heads;
+  const auto rows = [](const auto& view, Index first, Index count) { return view.middle_rows(first, count); };
+  std::vector<BlockConfig> blocks;
+  std::vector<Index> packed_at{0};  // where each (sequence, kv head)'s packing starts
+  for (Index b = 0; b < sequences; ++b) {
+    const Index nq = offsets_q[b + 1] - offsets_q[b], nk = offsets_k[b + 1] - offsets_k[b];
+    blocks.push_back(choose_blocks(options.blocks, nq, nk, q.features, out.features, Index(sizeof(T)),
+                                   Micro::key_multiple, Micro::row_multiple));
+    for (Index h = 0; h < k.heads; ++h)
+      packed_at.push_back(packed_at.back() + Micro::packed_size(rows(k.head(0, h), offsets_k[b], nk),
+                                                                rows(v.head(0, h), offsets_k[b], nk), blocks.back()));
+  }
+  const detail::ScratchLease<T, detail::Slot::Packed> packed(packed_at.back());
+  std::vector<Micro> micros;  // one per (sequence, kv head), packed in parallel
+  micros.reserve(std::size_t(sequences * k.heads));
+  const auto kv_of = [&](Index item) {  // (sequence, kv head) -> its K and V rows
+    const Index b = item / k.heads, h = item % k.heads, nk = offsets_k[b + 1] - offsets_k[b];
+    return std::pair(rows(k.head(0, h), offsets_k[b], nk), rows(v.head(0, h), offsets_k[b], nk));
+  };
+  for (Index item = 0; item < sequences * k.heads; ++item) {
+    const auto [k_rows, v_rows] = kv_of(item);
+    micros.emplace_back(k_rows, v_rows, blocks[std::size_t(item / k.heads)], packed.data() + packed_at[std::size_t(item)]);
+  }
+  detail::parallel_for(sequences * k.heads, options, [&](Index first, Index end) {
+    for (Index item = first; item < end; ++item) {
+      const auto [k_rows, v_rows] = kv_of(item);
+      micros[std::size_t(item)].pack(k_rows, v_rows, 0, micros[std::size_t(item)].pack_tiles(k_rows));
+    }
+  });
+
+  std::vector<TiledHead<Micro, Q, Q>> heads;  // one per (sequence, query head)
+  std::vector<Index> first_item{0};           // work items before each head's tiles
+  heads.reserve(std::size_t(sequences * q.heads));
+  for (Index b = 0; b < sequences; ++b)
+    for (Index h = 0; h < q.heads; ++h) {
+      const Index nq = offsets_q[b + 1] - offsets_q[b];
+      const auto [k_rows, v_rows] = kv_of(b * k.heads + h / group);
+      heads.emplace_back(rows(q.head(0, h), offsets_q[b], nq), k_rows, v_rows, rows(out.head(0, h), offsets_q[b], nq),
+                         nullptr, scale, detail::HeadMasks::of(options, h),
+                         micros[std::size_t(b * k.heads + h / group)], blocks[std::size_t(b)]);
+      first_item.push_back(first_item.back() + heads.back().tiles());
+    }
+  detail::parallel_for(first_item.back(), options, [&](Index first, Index end) {
+    for (Index item = first; item < end; ++item) {
+      const std::size_t head = std::size_t(std::upper_bound(first_item.begin(), first_item.end(), item) - first_item.begin() - 1);
+      heads[head].run_tile(item - first_item[head]);
+    }
+  });
+}
+
 /// Grouped-query decoding: the query heads that share a key/value head, with their few new
 /// tokens each (one, or a speculative draft of up to kDecodeRows), become the rows of one
 /// small Q in one query tile, so that the head's keys and values are read from memory once

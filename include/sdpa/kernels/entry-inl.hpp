@@ -19,6 +19,11 @@ struct Paths {
                            const Options& options);
   static void blocked_batch(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
                             const TensorView<Q>& out, double scale, const Options& options);
+  /// Packed sequences (varlen.hpp): the Simd microkernels when `simd` (float compute only),
+  /// Blocked's otherwise.
+  static void varlen(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
+                     const TensorView<Q>& out, const std::vector<Index>& offsets_q, const std::vector<Index>& offsets_k,
+                     double scale, const Options& options, bool simd);
 };
 
 template <class Q, class S>
@@ -43,6 +48,18 @@ void Paths<Q, S>::blocked_batch(const TensorView<const Q>& q, const TensorView<c
                                 const TensorView<const S>& v, const TensorView<Q>& out, double scale,
                                 const Options& options) {
   if constexpr (!is_quantized<S>) batched_tiled<BlockedTiles<compute_type<Q>, S>>(q, k, v, out, scale, options);
+}
+
+template <class Q, class S>
+void Paths<Q, S>::varlen(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
+                         const TensorView<Q>& out, const std::vector<Index>& offsets_q,
+                         const std::vector<Index>& offsets_k, double scale, const Options& options, bool simd) {
+  if constexpr (std::is_same_v<compute_type<Q>, float>) {
+    if (simd)
+      return varlen_tiled<SimdTiles<Arch, S>>(q, k, v, out, offsets_q, offsets_k, scale, options);
+  }
+  if constexpr (!is_quantized<S>)
+    varlen_tiled<BlockedTiles<compute_type<Q>, S>>(q, k, v, out, offsets_q, offsets_k, scale, options);
 }
 
 /// The target, as kernels::with_target hands it to the front end: the paths of any storage
@@ -70,6 +87,12 @@ struct Target {
   static void blocked_batch(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
                             const TensorView<Q>& out, double scale, const Options& options) {
     Paths<Q, S>::blocked_batch(q, k, v, out, scale, options);
+  }
+  template <class Q, class S>
+  static void varlen(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
+                     const TensorView<Q>& out, const std::vector<Index>& offsets_q, const std::vector<Index>& offsets_k,
+                     double scale, const Options& options, bool simd) {
+    Paths<Q, S>::varlen(q, k, v, out, offsets_q, offsets_k, scale, options, simd);
   }
   static MicrokernelSet microkernels() { return testing::set(); }
 };

@@ -140,11 +140,15 @@ class TiledHead {
     const T cap = mask_.cap(), inverse_cap = cap > T(0) ? T(1) / cap : T(0);
     const auto exp2 = [&](V x) { return micro_.exp2(x); };
     const V lanes = V::load(lanes_);
+    const auto capped = [&](V x) {
+      return cap > T(0) ? V::broadcast(cap) * vector_tanh(x * V::broadcast(inverse_cap), exp2) : x;
+    };
+    if (!mask_.has_alibi())
+      return micro_.fused_softmax(q_tile, n_rows, j0, n_keys, s, score_ld_, rows, rescale,
+                                  [&](Index, Index, V x) { return capped(x); });
     return micro_.fused_softmax(q_tile, n_rows, j0, n_keys, s, score_ld_, rows, rescale, [&](Index r, Index col, V x) {
-      if (cap > T(0)) x = V::broadcast(cap) * vector_tanh(x * V::broadcast(inverse_cap), exp2);
-      if (steps[r] == T(0)) return x;
       const V distance = V::broadcast(origins[r] - T(j0 + col)) - lanes;  // i' - j, exact below 2^24
-      return fma(V::broadcast(steps[r]), max(distance, V::zero() - distance), x);
+      return fma(V::broadcast(steps[r]), max(distance, V::zero() - distance), capped(x));
     });
   }
 
