@@ -13,6 +13,47 @@
 #include <cstdint>
 #include <vector>
 
+SDPA_BEGIN_NAMESPACE
+namespace detail {
+
+/// The largest magnitude an int8 block can hold: its scale, max |x| / 127, must be a finite fp16.
+inline constexpr double kMaxQuantizable = 65504.0 * 127.0;
+
+/// Throws unless every value of the row is finite and small enough for a q8_0 block (NaN or
+/// Inf would make a whole block of 32 NaN: a silent NaN far from its cause).
+template <class S>
+void check_quantizable(const char* function, const char* name, const S* row, Index count) {
+  for (Index e = 0; e < count; ++e) {
+    const double x = double(row[e]);
+    if (!(std::fabs(x) <= kMaxQuantizable))
+      fail(function, name, " hold ", x, " at column ", e, ": an int8 (q8_0) cache stores finite values up to ",
+           kMaxQuantizable, " in magnitude");
+  }
+}
+
+/// Writes `features` values as one row of T: each rounded to T, or quantised in blocks of 32,
+/// x ~ scale q with scale = max |x| / 127 rounded to fp16 and q = round(x / scale), as ggml's
+/// quantize_row_q8_0 (which divides by the unrounded scale; this rounds with the stored one).
+template <class T, class S>
+void store_row(const S* from, Index features, T* to) {
+  if constexpr (is_quantized<T>) {
+    for (Index b = 0; b < features / BlockQ8_0::size; ++b, ++to) {
+      const S* x = from + b * BlockQ8_0::size;
+      float largest = 0.0f;
+      for (int i = 0; i < BlockQ8_0::size; ++i) largest = std::max(largest, std::fabs(float(x[i])));
+      to->scale = Eigen::half(largest / 127.0f);
+      const float step = float(to->scale), inverse = step > 0.0f ? 1.0f / step : 0.0f;
+      for (int i = 0; i < BlockQ8_0::size; ++i)
+        to->q[i] = std::int8_t(std::clamp(std::nearbyint(float(x[i]) * inverse), -127.0f, 127.0f));
+    }
+  } else {
+    std::transform(from, from + features, to, [](S x) { return T(x); });
+  }
+}
+
+}  // namespace detail
+SDPA_END_NAMESPACE
+
 namespace sdpa {
 
 /// One layer's key/value cache for `batch` sequences: memory for `capacity` tokens per sequence
@@ -82,14 +123,14 @@ class KVCache {
                    capacity_);
     if constexpr (is_quantized<T>) {  // check every block before writing any
       for (Index t = 0; t < n; ++t) {
-        check_quantizable("keys", k.view().row(t), k.cols());
-        check_quantizable("values", v.view().row(t), v.cols());
+        detail::check_quantizable("KVCache::append", "keys", k.view().row(t), k.cols());
+        detail::check_quantizable("KVCache::append", "values", v.view().row(t), v.cols());
       }
     }
     for (Index h = 0; h < kv_heads_; ++h)
       for (Index t = 0; t < n; ++t) {
-        store(k.view().row(t) + h * head_dim_, head_dim_, key_row(sequence, h, start + t));
-        store(v.view().row(t) + h * value_head_dim_, value_head_dim_, value_row(sequence, h, start + t));
+        detail::store_row(k.view().row(t) + h * head_dim_, head_dim_, key_row(sequence, h, start + t));
+        detail::store_row(v.view().row(t) + h * value_head_dim_, value_head_dim_, value_row(sequence, h, start + t));
       }
     lengths_[std::size_t(sequence)] = start + n;
   }
@@ -149,41 +190,6 @@ class KVCache {
   }
   T* value_row(Index s, Index h, Index t) const {
     return const_cast<T*>(values_.data()) + ((s * kv_heads_ + h) * capacity_ + t) * value_elements_;
-  }
-
-  /// The largest magnitude an int8 block can hold: its scale, max |x| / 127, must be a finite fp16.
-  static constexpr double kMaxQuantizable = 65504.0 * 127.0;
-
-  /// Throws unless every value of the row is finite and small enough for a q8_0 block (NaN or
-  /// Inf would make a whole block of 32 NaN: a silent NaN far from its cause).
-  template <class S>
-  static void check_quantizable(const char* name, const S* row, Index count) {
-    for (Index e = 0; e < count; ++e) {
-      const double x = double(row[e]);
-      if (!(std::fabs(x) <= kMaxQuantizable))
-        detail::fail("KVCache::append", name, " hold ", x, " at column ", e, ": an int8 (q8_0) cache stores finite ",
-                     "values up to ", kMaxQuantizable, " in magnitude");
-    }
-  }
-
-  /// Writes `features` values as one row of T: each rounded to T, or quantised in blocks of 32,
-  /// x ~ scale q with scale = max |x| / 127 rounded to fp16 and q = round(x / scale), as ggml's
-  /// quantize_row_q8_0 (which divides by the unrounded scale; this rounds with the stored one).
-  template <class S>
-  static void store(const S* from, Index features, T* to) {
-    if constexpr (is_quantized<T>) {
-      for (Index b = 0; b < features / BlockQ8_0::size; ++b, ++to) {
-        const S* x = from + b * BlockQ8_0::size;
-        float largest = 0.0f;
-        for (int i = 0; i < BlockQ8_0::size; ++i) largest = std::max(largest, std::fabs(float(x[i])));
-        to->scale = Eigen::half(largest / 127.0f);
-        const float step = float(to->scale), inverse = step > 0.0f ? 1.0f / step : 0.0f;
-        for (int i = 0; i < BlockQ8_0::size; ++i)
-          to->q[i] = std::int8_t(std::clamp(std::nearbyint(float(x[i]) * inverse), -127.0f, 127.0f));
-      }
-    } else {
-      std::transform(from, from + features, to, [](S x) { return T(x); });
-    }
   }
 
   Index batch_, kv_heads_, head_dim_, value_head_dim_, capacity_, key_elements_ = 0, value_elements_ = 0;

@@ -11,6 +11,7 @@
 #include "batched.hpp"
 #include "kv_cache.hpp"
 #include "options.hpp"
+#include "paged_kv_cache.hpp"
 #include "projection.hpp"
 #include "self_attention.hpp"
 #include "varlen.hpp"

@@ -5,11 +5,13 @@
 
 #include "attention.hpp"
 #include "kv_cache.hpp"
+#include "paged_kv_cache.hpp"
 #include "projection.hpp"
 
 #include <cmath>
 #include <cstdint>
 #include <random>
+#include <string>
 
 namespace sdpa {
 
@@ -122,35 +124,19 @@ class SelfAttention {
   template <class DX, class C>
   Matrix<T> step(const Eigen::MatrixBase<DX>& X_new, KVCache<C>& cache, Index sequence = 0,
                  const Options& options = {}) const {
-    detail::check_storage<T, C>();
-    const detail::Input<T> x(X_new);
-    const char* fn = "SelfAttention::step";
-    if (cache.kv_heads() != kv_heads_ || cache.head_dim() != head_dim() || cache.value_head_dim() != value_head_dim())
-      detail::fail(fn, "the cache holds ", cache.kv_heads(), " heads of ", cache.head_dim(), "/", cache.value_head_dim(),
-                   " but the layer has ", kv_heads_, " of ", head_dim(), "/", value_head_dim());
-    check_input(x, fn, "X_new");
-    const Index nk = cache.length(sequence) + x.rows();
-    if (nk > cache.capacity())
-      detail::fail(fn, "sequence ", sequence, " holds ", cache.length(sequence), " tokens; ", x.rows(),
-                   " more exceed the cache's capacity ", cache.capacity());
-    Options causal = options;
-    causal.causal = true;
-    detail::validate_attention<compute_type<T>>(fn, x.rows(), head_dim(), nk, head_dim(), nullptr, nullptr, causal,
-                                                heads_);
-    detail::reject_batched_options(fn, causal);
-    // All or nothing: if anything below throws (bad_alloc, a throwing parallel_for), the
-    // cache is rolled back to the length it had, so that a retry computes the same result.
-    const Index length = cache.length(sequence);
-    const auto X = x.map();
-    cache.append(sequence, project(X, w_.Wk, w_.bk), project(X, w_.Wv, w_.bv));
-    try {
-      const Matrix<T> Q = project(X, w_.Wq, w_.bq);
-      return attend_and_project(
-          Q, [&](Index kv) { return std::pair(cache.keys(sequence, kv), cache.values(sequence, kv)); }, causal);
-    } catch (...) {
-      cache.truncate(sequence, length);
-      throw;
-    }
+    return step_into_cache(X_new, cache, sequence, options, cache.capacity() - cache.length(sequence),
+                           "the cache's capacity " + std::to_string(cache.capacity()));
+  }
+
+  /// step() with a paged cache: `sequence` is one of its sequences (PagedKVCache::add_sequence,
+  /// fork); the new tokens' keys and values go into its pages (a shared, partly filled last
+  /// page is copied first), and attention reads the pages in place.
+  template <class DX, class C>
+  Matrix<T> step(const Eigen::MatrixBase<DX>& X_new, PagedKVCache<C>& cache, Index sequence,
+                 const Options& options = {}) const {
+    return step_into_cache(X_new, cache, sequence, options, cache.room(sequence),
+                           "the room of its pages and the free ones (" + std::to_string(cache.room(sequence)) +
+                               " tokens)");
   }
 
   /// Query heads (h).
@@ -171,6 +157,42 @@ class SelfAttention {
     if (x.cols() != w_.Wq.rows())
       detail::fail(function, name, " is ", detail::shape(x.rows(), x.cols()), " but Wq is ",
                    detail::shape(w_.Wq.rows(), w_.Wq.cols()), ": it needs d_model = ", w_.Wq.rows(), " columns");
+  }
+
+  /// step() for either cache: `room` tokens fit, `what_fits` says what limits them.
+  template <class DX, class Cache>
+  Matrix<T> step_into_cache(const Eigen::MatrixBase<DX>& X_new, Cache& cache, Index sequence, const Options& options,
+                            Index room, const std::string& what_fits) const {
+    using C = std::remove_const_t<std::remove_pointer_t<decltype(cache.keys(sequence, 0).row(0))>>;
+    detail::check_storage<T, C>();
+    const detail::Input<T> x(X_new);
+    const char* fn = "SelfAttention::step";
+    if (cache.kv_heads() != kv_heads_ || cache.head_dim() != head_dim() || cache.value_head_dim() != value_head_dim())
+      detail::fail(fn, "the cache holds ", cache.kv_heads(), " heads of ", cache.head_dim(), "/", cache.value_head_dim(),
+                   " but the layer has ", kv_heads_, " of ", head_dim(), "/", value_head_dim());
+    check_input(x, fn, "X_new");
+    const Index nk = cache.length(sequence) + x.rows();
+    if (x.rows() > room)
+      detail::fail(fn, "sequence ", sequence, " holds ", cache.length(sequence), " tokens; ", x.rows(),
+                   " more exceed ", what_fits);
+    Options causal = options;
+    causal.causal = true;
+    detail::validate_attention<compute_type<T>>(fn, x.rows(), head_dim(), nk, head_dim(), nullptr, nullptr, causal,
+                                                heads_);
+    detail::reject_batched_options(fn, causal);
+    // All or nothing: if anything below throws (bad_alloc, a throwing parallel_for), the
+    // cache is rolled back to the length it had, so that a retry computes the same result.
+    const Index length = cache.length(sequence);
+    const auto X = x.map();
+    cache.append(sequence, project(X, w_.Wk, w_.bk), project(X, w_.Wv, w_.bv));
+    try {
+      const Matrix<T> Q = project(X, w_.Wq, w_.bq);
+      return attend_and_project(
+          Q, [&](Index kv) { return std::pair(cache.keys(sequence, kv), cache.values(sequence, kv)); }, causal);
+    } catch (...) {
+      cache.truncate(sequence, length);
+      throw;
+    }
   }
 
   Matrix<T> run(const detail::Input<T>& x, const detail::Input<T>& source, const char* source_name,
@@ -202,9 +224,13 @@ class SelfAttention {
     const MatrixView<T> o(heads_out);
     for (Index h = 0; h < heads_; ++h) {  // a head is a column slice: strided views, no copies
       const auto [k, v] = kv_of(h / group);
-      using S = std::remove_const_t<std::remove_pointer_t<decltype(k.data)>>;  // the cache's storage type
-      detail::run_attention<T, S>("SelfAttention", q.middle_cols(h * dk, dk), k, v, o.middle_cols(h * dv, dv), options,
-                                  nullptr, nullptr, nullptr, nullptr, {h, heads_});
+      using S = std::remove_const_t<std::remove_pointer_t<decltype(k.row(0))>>;  // the cache's storage type
+      if constexpr (std::is_same_v<std::decay_t<decltype(k)>, PagedView<const S>>)
+        detail::run_paged_attention<T, S>("SelfAttention", q.middle_cols(h * dk, dk), k, v, o.middle_cols(h * dv, dv),
+                                          options, {h, heads_});
+      else
+        detail::run_attention<T, S>("SelfAttention", q.middle_cols(h * dk, dk), k, v, o.middle_cols(h * dv, dv), options,
+                                    nullptr, nullptr, nullptr, nullptr, {h, heads_});
     }
     if (w_.Wo.size() == 0) return heads_out;
     return project(heads_out, w_.Wo, w_.bo);

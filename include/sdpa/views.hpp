@@ -77,6 +77,40 @@ struct MatrixView {
   }
 };
 
+/// Rows stored in fixed-size pages (a paged KV cache): logical row i is row i % page_rows of
+/// page table[i / page_rows], pages `page_stride` elements apart from `base`, rows within a
+/// page `row_stride` apart. Like MatrixView it does not own what it views (the pool, the table).
+template <class T>
+struct PagedView {
+  /// Row 0 of page 0 of the pool.
+  T* base = nullptr;
+  /// Page of each page_rows logical rows: ceil((first + rows) / page_rows) entries.
+  const Index* table = nullptr;
+  /// Rows per page; elements from one page to the next; from one row to the next in a page.
+  /// @{
+  Index page_rows = 1, page_stride = 0, row_stride = 0;
+  /// @}
+  /// Logical rows and columns; the logical row the view starts at (a piece of a longer one).
+  /// @{
+  Index rows = 0, cols = 0, first = 0;
+  /// @}
+
+  /// The first element of logical row i.
+  T* row(Index i) const {
+    const Index r = first + i;
+    return base + table[r / page_rows] * page_stride + (r % page_rows) * row_stride;
+  }
+  /// Rows from i on that are contiguous (row_stride apart): up to the end of i's page.
+  Index run(Index i) const { return page_rows - (first + i) % page_rows; }
+  /// Rows [first, first + count).
+  PagedView middle_rows(Index from, Index count) const {
+    PagedView view = *this;
+    view.first += from;
+    view.rows = count;
+    return view;
+  }
+};
+
 /// A batch of multi-head sequences in someone else's memory, seen as [batch, heads, tokens,
 /// features] whatever the memory order: element (b, h, n, f) is at
 /// data[b * batch_stride + h * head_stride + n * token_stride + f]. Features are contiguous;

@@ -8,18 +8,19 @@
 // scalar target's copy runs: Blocked is portable code, compiled with the build's own flags.
 
 /// Computes in T; K and V are stored as S (T, or a 16-bit type read into T element by element).
-template <class T, class S = T>
+template <class T, class S = T, class View = MatrixView<const S>>
 class BlockedTiles {
  public:
   using Vec = simd::Vec<T, simd::scalar>;
   using Storage = S;
+  using KeyView = View;  // MatrixView, or PagedView for a paged cache
   static constexpr Index key_multiple = 1;
   static constexpr Index row_multiple = 1;
 
-  static Index packed_size(MatrixView<const S>, MatrixView<const S>, const BlockConfig&) { return 0; }
-  BlockedTiles(MatrixView<const S> k, MatrixView<const S> v, const BlockConfig&, T*) : k_(k), v_(v) {}
-  Index pack_tiles(MatrixView<const S>) const { return 0; }  // reads K and V in place
-  void pack(MatrixView<const S>, MatrixView<const S>, Index, Index) const {}
+  static Index packed_size(View, View, const BlockConfig&) { return 0; }
+  BlockedTiles(View k, View v, const BlockConfig&, T*) : k_(k), v_(v) {}
+  Index pack_tiles(View) const { return 0; }  // reads K and V in place
+  void pack(View, View, Index, Index) const {}
 
   Index accumulator_cols() const { return v_.cols; }
   Vec exp2(Vec x) const { return {std::exp2(x.v)}; }
@@ -57,14 +58,14 @@ class BlockedTiles {
   }
 
  private:
-  MatrixView<const S> k_, v_;
+  View k_, v_;
 };
 
 /// out = softmax(scale Q K^T + mask) V, tiled; inputs already validated.
-template <class Q, class S, class O>
-void blocked_attention(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<O> out,
-                       double scale, const detail::HeadMasks& masks, const Options& options,
-                       compute_type<Q>* lse = nullptr) {
-  tiled_attention<BlockedTiles<compute_type<Q>, S>>(q, k, v, out, lse, scale, masks, options);
+template <class Q, class KV, class O>
+void blocked_attention(MatrixView<const Q> q, const KV& k, const KV& v, MatrixView<O> out, double scale,
+                       const detail::HeadMasks& masks, const Options& options, compute_type<Q>* lse = nullptr) {
+  tiled_attention<BlockedTiles<compute_type<Q>, reference_detail::element_of<KV>, KV>>(q, k, v, out, lse, scale, masks,
+                                                                                      options);
 }
 

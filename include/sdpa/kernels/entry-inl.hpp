@@ -19,6 +19,10 @@ struct Paths {
                            const Options& options);
   static void blocked_batch(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
                             const TensorView<Q>& out, double scale, const Options& options);
+  /// One head against a paged cache (paged_kv_cache.hpp): Simd when `simd`, else Blocked.
+  static void paged_head(MatrixView<const Q> q, const PagedView<const S>& k, const PagedView<const S>& v,
+                         MatrixView<Q> out, compute_type<Q>* lse, double scale, const detail::HeadMasks& masks,
+                         const Options& options, bool simd);
   /// Packed sequences (varlen.hpp): the Simd microkernels when `simd` (float compute only),
   /// Blocked's otherwise.
   static void varlen(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
@@ -48,6 +52,16 @@ void Paths<Q, S>::blocked_batch(const TensorView<const Q>& q, const TensorView<c
                                 const TensorView<const S>& v, const TensorView<Q>& out, double scale,
                                 const Options& options) {
   if constexpr (!is_quantized<S>) batched_tiled<BlockedTiles<compute_type<Q>, S>>(q, k, v, out, scale, options);
+}
+
+template <class Q, class S>
+void Paths<Q, S>::paged_head(MatrixView<const Q> q, const PagedView<const S>& k, const PagedView<const S>& v,
+                             MatrixView<Q> out, compute_type<Q>* lse, double scale, const detail::HeadMasks& masks,
+                             const Options& options, bool simd) {
+  if constexpr (std::is_same_v<compute_type<Q>, float>) {
+    if (simd) return simd_attention(q, k, v, out, scale, masks, options, lse);
+  }
+  if constexpr (!is_quantized<S>) blocked_attention(q, k, v, out, scale, masks, options, lse);
 }
 
 template <class Q, class S>
@@ -93,6 +107,12 @@ struct Target {
                      const TensorView<Q>& out, const std::vector<Index>& offsets_q, const std::vector<Index>& offsets_k,
                      double scale, const Options& options, bool simd) {
     Paths<Q, S>::varlen(q, k, v, out, offsets_q, offsets_k, scale, options, simd);
+  }
+  template <class Q, class S>
+  static void paged_head(MatrixView<const Q> q, const PagedView<const S>& k, const PagedView<const S>& v,
+                         MatrixView<Q> out, compute_type<Q>* lse, double scale, const detail::HeadMasks& masks,
+                         const Options& options, bool simd) {
+    Paths<Q, S>::paged_head(q, k, v, out, lse, scale, masks, options, simd);
   }
   static MicrokernelSet microkernels() { return testing::set(); }
 };

@@ -20,6 +20,8 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
+#include <utility>
 
 SDPA_BEGIN_NAMESPACE
 namespace kernels {
@@ -32,17 +34,22 @@ auto row(const MatrixView<T>& view, Index i) {
   using Mapped = std::conditional_t<std::is_const_v<T>, const Row, Row>;
   return Eigen::Map<Mapped>(view.row(i), view.cols);
 }
-/// Row i of a view as an Eigen row vector of T: converted element by element, or for int8
-/// blocks dequantised into a new vector (the reference's fallback rows only: the kernels
-/// dequantise in registers).
-template <class T, class S>
-auto row_as(const MatrixView<const S>& view, Index i) {
+/// The element type of a view of keys or values (MatrixView or PagedView).
+template <class View>
+using element_of = std::remove_const_t<std::remove_pointer_t<decltype(std::declval<View>().row(0))>>;
+
+/// Row i of a view (MatrixView or PagedView) as an Eigen row vector of T: converted element by
+/// element, or for int8 blocks dequantised into a new vector (the reference's fallback rows
+/// only: the kernels dequantise in registers).
+template <class T, class View>
+auto row_as(const View& view, Index i) {
+  using S = element_of<View>;
   if constexpr (is_quantized<S>) {
     Eigen::Matrix<T, 1, Eigen::Dynamic> values(detail::features<S>(view.cols));
     for (Index e = 0; e < values.size(); ++e) values[e] = detail::feature(view.row(i), e);
     return values;
   } else {
-    return row(view, i).template cast<T>();
+    return Eigen::Map<const Eigen::Matrix<S, 1, Eigen::Dynamic>>(view.row(i), view.cols).template cast<T>();
   }
 }
 constexpr Index kRowsPerTask = 16;  // rows one thread takes at a time
@@ -53,8 +60,8 @@ constexpr Index kRowsPerTask = 16;  // rows one thread takes at a time
 /// (The query is scaled before the dot product, as in the tiled paths, so that a product
 /// that fits the type after scaling never overflows before it.) Everything is computed in T;
 /// Q and K may be stored in another type (16-bit storage is computed in float).
-template <class T, class Q, class K>
-void reference_scores(MatrixView<const Q> q, MatrixView<const K> k, Index i, double scale,
+template <class T, class Q, class KView>
+void reference_scores(MatrixView<const Q> q, const KView& k, Index i, double scale,
                       const detail::MaskPolicy<T>& mask, T* s) {
   using reference_detail::row;
   // pass 1: the query against every key it may see, s_j = (scale q_i) . k_j
@@ -68,8 +75,8 @@ void reference_scores(MatrixView<const Q> q, MatrixView<const K> k, Index i, dou
 /// and, when `lse` is not null, its log-sum-exp (-inf when it sees no key and has no sink). A
 /// NaN or +inf among the scores it sees makes every weight, and the LSE, NaN. A sink is one
 /// more term of the denominator, with no weight of its own in p (the row sums to less than 1).
-template <class T, class Q, class K>
-void reference_row_weights(MatrixView<const Q> q, MatrixView<const K> k, Index i, double scale,
+template <class T, class Q, class KView>
+void reference_row_weights(MatrixView<const Q> q, const KView& k, Index i, double scale,
                            const detail::MaskPolicy<T>& mask, T* p, T* lse) {
   const Index nk = k.rows;
   reference_scores(q, k, i, scale, mask, p);  // passes 1 and 2
@@ -97,9 +104,9 @@ void reference_row_weights(MatrixView<const Q> q, MatrixView<const K> k, Index i
 
 /// Pass 6 for one row: out = sum_j p_j v_j over the keys of nonzero weight. A key of weight 0
 /// (masked, or too unlikely for exp to represent) adds nothing, whatever V holds there.
-template <class T, class S>
-void reference_blend(const T* p, MatrixView<const S> v, T* out) {
-  auto o = Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(out, detail::features<S>(v.cols));
+template <class T, class VView>
+void reference_blend(const T* p, const VView& v, T* out) {
+  auto o = Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>(out, detail::features<reference_detail::element_of<VView>>(v.cols));
   o.setZero();
   for (Index j = 0; j < v.rows; ++j)
     if (p[j] != T(0)) o += p[j] * reference_detail::row_as<T>(v, j);
@@ -107,8 +114,8 @@ void reference_blend(const T* p, MatrixView<const S> v, T* out) {
 
 /// P = softmax(scale Q K^T + mask), row by row; a row with no visible key is all zeros.
 /// `lse`, when not null, receives each row's log-sum-exp of its masked scores (-inf if none).
-template <class T, class Q, class K>
-void reference_weights(MatrixView<const Q> q, MatrixView<const K> k, double scale, const detail::HeadMasks& masks,
+template <class T, class Q, class KView>
+void reference_weights(MatrixView<const Q> q, const KView& k, double scale, const detail::HeadMasks& masks,
                        const Options& options, MatrixView<T> weights, T* lse = nullptr) {
   const detail::MaskPolicy<T> mask(masks, q.rows, k.rows, T(1));
   const Index tasks = (q.rows + reference_detail::kRowsPerTask - 1) / reference_detail::kRowsPerTask;
@@ -119,9 +126,9 @@ void reference_weights(MatrixView<const Q> q, MatrixView<const K> k, double scal
 }
 
 /// out = P V with P from reference_weights. Allocates the Nq x Nk matrix P (and, for a 16-bit
-/// output, rounds each row once from T).
-template <class Q, class S, class O, class T = compute_type<Q>>
-void reference_attention(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<O> out,
+/// output, rounds each row once from T). K and V: MatrixViews or PagedViews.
+template <class Q, class KV, class O, class T = compute_type<Q>>
+void reference_attention(MatrixView<const Q> q, const KV& k, const KV& v, MatrixView<O> out,
                          double scale, const detail::HeadMasks& masks, const Options& options, T* lse = nullptr) {
   Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor> P(q.rows, k.rows);
   const MatrixView<T> weights(P.data(), P.rows(), P.cols(), P.cols());

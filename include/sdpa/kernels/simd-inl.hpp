@@ -160,11 +160,12 @@ void accumulate_tile(const float* p, Index rows, Index p_ld, Index keys, const S
 
 /// `S`: the element type of K and V (float, Eigen::half, Eigen::bfloat16 or BlockQ8_0),
 /// converted to float as they are packed (for prefill, which packs K whatever its type).
-template <class Arch, class S = float>
+template <class Arch, class S = float, class View = MatrixView<const S>>
 class SimdTiles {
  public:
   using Vec = simd::Vec<float, Arch>;
   using Storage = S;
+  using KeyView = View;  // MatrixView, or PagedView for a paged cache
   static constexpr int W = Vec::width;
   static constexpr int R = RegisterBlock<Arch>::rows;
   static constexpr int C = RegisterBlock<Arch>::vectors;
@@ -178,16 +179,18 @@ class SimdTiles {
   /// other within a tile; the copy, one pass over V, measured 15-18% faster on AVX-512 and 5%
   /// on AVX2 at N = 2048, 8 heads side by side (docs/design.md, "Kernel structure").
   /// A 16-bit V is always copied, converted to float once rather than at every use.
-  static bool copies_v(MatrixView<const S> v) {
+  /// Pages of V (a PagedView) are always copied: a key tile must be one contiguous block.
+  static bool copies_v(const View& v) {
+    if constexpr (!std::is_same_v<View, View>) return true;
     return !std::is_same_v<S, float> || round_up(v.cols, W) != v.cols || v.row_stride != v.cols;
   }
   static Index features(Index elements) { return detail::features<S>(elements); }
-  static Index padded_features(MatrixView<const S> v) { return round_up(features(v.cols), W);
+  static Index padded_features(View v) { return round_up(features(v.cols), W);
   }
 
   /// Floats of packing buffer the constructor needs: K^T panels (tiles, d_k, padded Bk), and
   /// the copy of V when copies_v.
-  static Index packed_size(MatrixView<const S> k, MatrixView<const S> v, const BlockConfig& blocks) {
+  static Index packed_size(View k, View v, const BlockConfig& blocks) {
     const Index tiles = (k.rows + blocks.key_rows - 1) / blocks.key_rows;
     return tiles * features(k.cols) * round_up(blocks.key_rows, key_multiple) +
            (copies_v(v) ? v.rows * padded_features(v) : 0);
@@ -195,23 +198,23 @@ class SimdTiles {
 
   /// Lays out K^T panels (and a padded V when needed) in `packed` (packed_size floats, which
   /// must outlive this); pack() fills them.
-  SimdTiles(MatrixView<const S> k, MatrixView<const S> v, const BlockConfig& blocks, float* packed)
+  SimdTiles(View k, View v, const BlockConfig& blocks, float* packed)
       : dk_(features(k.cols)), key_rows_(blocks.key_rows), panel_ld_(round_up(blocks.key_rows, key_multiple)),
         acc_ld_(padded_features(v)), packed_k_(packed) {
     if (copies_v(v)) {  // V is read from a zero-padded copy (Nk, acc_ld) after the panels
       const Index tiles = (k.rows + key_rows_ - 1) / key_rows_;
       v_ = MatrixView<const float>(packed + tiles * dk_ * panel_ld_, v.rows, acc_ld_, acc_ld_);
-    } else if constexpr (std::is_same_v<S, float>) {
+    } else if constexpr (std::is_same_v<View, MatrixView<const float>>) {
       v_ = v;
     }
   }
 
   /// Key tiles that pack() lays out (threads may pack different ones at once).
-  Index pack_tiles(MatrixView<const S> k) const { return (k.rows + key_rows_ - 1) / key_rows_; }
+  Index pack_tiles(View k) const { return (k.rows + key_rows_ - 1) / key_rows_; }
 
   /// Copies key tiles [first, end) of K (and their rows of V when copies_v) into the packed
   /// layout: once per call, before any tile is computed.
-  void pack(MatrixView<const S> k, MatrixView<const S> v, Index first, Index end) const {
+  void pack(View k, View v, Index first, Index end) const {
     const Index nk = k.rows;
     for (Index t = first; t < end; ++t) {
       // K^T panel t, zero-padded: (d_k, panel_ld)
@@ -282,11 +285,12 @@ class SimdTiles {
 /// Eigen::half or Eigen::bfloat16) are widened to float in registers as they are loaded: a
 /// 16-bit cache is read in its own bytes, half those of a float one, and never converted into
 /// a buffer.
-template <class Arch, class S = float>
+template <class Arch, class S = float, class View = MatrixView<const S>>
 class RowTiles {
  public:
   using Vec = simd::Vec<float, Arch>;
   using Storage = S;
+  using KeyView = View;  // MatrixView, or PagedView for a paged cache
   static constexpr int W = Vec::width;
   static constexpr Index key_multiple = W;  // score rows padded to whole vectors
   static constexpr Index max_rows = kDecodeRows;
@@ -296,11 +300,11 @@ class RowTiles {
   static bool fits(Index nq, Index dk, Index dv) { return nq <= max_rows && fits_widths(dk, dv); }  // features
   /// Whether the head dims allow these microkernels at all (whole vectors).
   static bool fits_widths(Index dk, Index dv) { return dk % W == 0 && dv % W == 0; }
-  static Index packed_size(MatrixView<const S>, MatrixView<const S>, const BlockConfig&) { return 0; }
+  static Index packed_size(View, View, const BlockConfig&) { return 0; }
 
-  RowTiles(MatrixView<const S> k, MatrixView<const S> v, const BlockConfig&, float*) : k_(k), v_(v) {}
-  Index pack_tiles(MatrixView<const S>) const { return 0; }  // reads K and V in place
-  void pack(MatrixView<const S>, MatrixView<const S>, Index, Index) const {}
+  RowTiles(View k, View v, const BlockConfig&, float*) : k_(k), v_(v) {}
+  Index pack_tiles(View) const { return 0; }  // reads K and V in place
+  void pack(View, View, Index, Index) const {}
 
   Index accumulator_cols() const { return detail::features<S>(v_.cols); }
   Vec exp2(Vec x) const { return exp2_no_overflow(x); }
@@ -323,11 +327,25 @@ class RowTiles {
     }
   }
 
+  /// A tile of a paged V goes page by page: each page's rows are contiguous, and every page
+  /// after the first adds to the accumulator as it stands (rescale 1), so the sums are the
+  /// contiguous cache's, in the same order, bit for bit.
   void accumulate(const float* p, Index rows, Index ld, Index j0, Index keys, const float* rescale,
                   float* acc) const {
     const Index dv = accumulator_cols();
-    microkernels::accumulate_tile<Vec, max_rows, RegisterBlock<Arch>::vectors>(p, rows, ld, keys, v_.row(j0), v_.row_stride,
-                                                                         dv / W, rescale, acc, dv);
+    constexpr int C = RegisterBlock<Arch>::vectors;
+    if constexpr (std::is_same_v<View, MatrixView<const S>>) {
+      microkernels::accumulate_tile<Vec, max_rows, C>(p, rows, ld, keys, v_.row(j0), v_.row_stride, dv / W, rescale, acc, dv);
+    } else {
+      float* ones = detail::thread_scratch<float, detail::Slot::Ones>(rows);
+      std::fill(ones, ones + rows, 1.0f);
+      for (Index c = 0; c < keys;) {
+        const Index n = std::min(keys - c, v_.run(j0 + c));
+        microkernels::accumulate_tile<Vec, max_rows, C>(p + c, rows, ld, n, v_.row(j0 + c), v_.row_stride, dv / W,
+                                                        c == 0 ? rescale : ones, acc, dv);
+        c += n;
+      }
+    }
   }
 
  private:
@@ -349,21 +367,23 @@ class RowTiles {
     return reduce_add(sum);
   }
 
-  static void prefetch_row(const MatrixView<const S>& m, Index i) {
+  static void prefetch_row(const View& m, Index i) {
     const char* row = reinterpret_cast<const char*>(m.row(i));
     for (Index byte = 0; byte < m.cols * Index(sizeof(S)); byte += 64) __builtin_prefetch(row + byte);
   }
 
-  MatrixView<const S> k_, v_;
+  View k_, v_;
 };
 
 /// out = softmax(scale Q K^T + mask) V with this target's vector microkernels, for float or
-/// 16-bit storage (computed in float). Inputs already validated.
-template <class Q, class S, class O>
-void simd_attention(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<O> out,
-                    double scale, const detail::HeadMasks& masks, const Options& options, float* lse = nullptr) {
-  if (RowTiles<Arch, S>::fits(q.rows, q.cols, out.cols))
-    return tiled_attention<RowTiles<Arch, S>>(q, k, v, out, lse, scale, masks, options);
-  tiled_attention<SimdTiles<Arch, S>>(q, k, v, out, lse, scale, masks, options);
+/// 16-bit storage (computed in float). K and V: MatrixViews, or PagedViews of a paged cache.
+/// Inputs already validated.
+template <class Q, class KV, class O>
+void simd_attention(MatrixView<const Q> q, const KV& k, const KV& v, MatrixView<O> out, double scale,
+                    const detail::HeadMasks& masks, const Options& options, float* lse = nullptr) {
+  using S = reference_detail::element_of<KV>;
+  if (RowTiles<Arch, S, KV>::fits(q.rows, q.cols, out.cols))
+    return tiled_attention<RowTiles<Arch, S, KV>>(q, k, v, out, lse, scale, masks, options);
+  tiled_attention<SimdTiles<Arch, S, KV>>(q, k, v, out, lse, scale, masks, options);
 }
 

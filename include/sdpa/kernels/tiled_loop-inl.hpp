@@ -38,6 +38,7 @@ class TiledHead {
   using V = typename Micro::Vec;
   using T = typename V::value_type;
   using S = typename Micro::Storage;
+  using KV = typename Micro::KeyView;  // MatrixView<const S>, or PagedView<const S>
   static constexpr T kLog2e = T(1.442695040888963407359924681001892137L);
   /// Keys folded into one partial sum before it joins the row's total (rounded to whole key
   /// tiles): a float sum of 2^24 ones stops growing, so without this a row of 2^25 equal keys
@@ -47,7 +48,7 @@ class TiledHead {
 
   /// `lse`, when not null, receives each row's natural log-sum-exp of its scaled, biased
   /// scores (-inf for a fully masked row).
-  TiledHead(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<O> out, T* lse,
+  TiledHead(MatrixView<const Q> q, const KV& k, const KV& v, MatrixView<O> out, T* lse,
             double scale, const detail::HeadMasks& masks, const Micro& micro, const BlockConfig& blocks)
       : q_(q), k_(k), v_(v), out_(out), lse_(lse), nk_(k.rows), scale_(scale), micro_(micro), blocks_(blocks),
         mask_(masks, q.rows, k.rows, kLog2e), natural_mask_(masks, q.rows, k.rows, T(1)),
@@ -231,7 +232,7 @@ class TiledHead {
   }
 
   MatrixView<const Q> q_;
-  MatrixView<const S> k_, v_;
+  KV k_, v_;
   MatrixView<O> out_;
   T* lse_;
   Index nk_;
@@ -248,12 +249,11 @@ class TiledHead {
 
 /// One head: out = softmax(scale Q K^T + masks) V, and each row's LSE when `lse` is not null.
 template <class Micro, class Q, class O>
-void tiled_attention(MatrixView<const Q> q, MatrixView<const typename Micro::Storage> k,
-                     MatrixView<const typename Micro::Storage> v, MatrixView<O> out,
+void tiled_attention(MatrixView<const Q> q, const typename Micro::KeyView& k, const typename Micro::KeyView& v,
+                     MatrixView<O> out,
                      typename Micro::Vec::value_type* lse, double scale, const detail::HeadMasks& masks,
                      const Options& options) {
   using T = typename Micro::Vec::value_type;
-  using S = typename Micro::Storage;
   const Index nq = q.rows, nk = k.rows, dk = q.cols, dv = out.cols;  // features (v.cols may count int8 blocks)
   const BlockConfig blocks =
       choose_blocks(options.blocks, nq, nk, dk, dv, Index(sizeof(T)), Micro::key_multiple, Micro::row_multiple);
@@ -290,7 +290,7 @@ void tiled_attention(MatrixView<const Q> q, MatrixView<const typename Micro::Sto
       piece_masks.key_offset = masks.key_offset + j0;
       piece_masks.total_keys = masks.total_keys >= 0 ? masks.total_keys : nk;
       piece_masks.sinks = nullptr;
-      const MatrixView<const S> k_piece = k.middle_rows(j0, n), v_piece = v.middle_rows(j0, n);
+      const auto k_piece = k.middle_rows(j0, n), v_piece = v.middle_rows(j0, n);
       T* packed = detail::thread_scratch<T, detail::Slot::ChunkPacked>(Micro::packed_size(k_piece, v_piece, blocks));
       const Micro micro(k_piece, v_piece, blocks, packed);
       micro.pack(k_piece, v_piece, 0, micro.pack_tiles(k_piece));
