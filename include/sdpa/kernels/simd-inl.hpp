@@ -181,12 +181,12 @@ class SimdTiles {
   /// A 16-bit V is always copied, converted to float once rather than at every use.
   /// Pages of V (a PagedView) are always copied: a key tile must be one contiguous block.
   static bool copies_v(const View& v) {
-    if constexpr (!std::is_same_v<View, View>) return true;
-    return !std::is_same_v<S, float> || round_up(v.cols, W) != v.cols || v.row_stride != v.cols;
+    if constexpr (std::is_same_v<View, MatrixView<const S>>)
+      return !std::is_same_v<S, float> || round_up(v.cols, W) != v.cols || v.row_stride != v.cols;
+    return true;
   }
   static Index features(Index elements) { return detail::features<S>(elements); }
-  static Index padded_features(View v) { return round_up(features(v.cols), W);
-  }
+  static Index padded_features(const View& v) { return round_up(features(v.cols), W); }
 
   /// Floats of packing buffer the constructor needs: K^T panels (tiles, d_k, padded Bk), and
   /// the copy of V when copies_v.
