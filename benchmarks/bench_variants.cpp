@@ -15,6 +15,10 @@
 //                                                 against the four sequences in separate calls
 //                                                 (`vs_separate`) and the batch padded to 2048
 //                                                 with sequence_lengths (`vs_padded`)
+//   paged/decode/N:8192/d:64/threads:T            one query per head against a PagedKVCache of
+//                                                 16-token pages in shuffled order, head by head,
+//                                                 against the same call on a KVCache
+//                                                 (`vs_contiguous`: time ratio; tokens_per_s)
 //
 // One iteration = 8 heads, [1, N, 8, d] (the projected layout), Kernel::Simd, 1 or 2 threads.
 //
@@ -157,6 +161,51 @@ void BM_varlen(benchmark::State& state, std::vector<Index> lengths, Index d, int
                                                 benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
+/// Decoding from a paged cache whose pages lie in shuffled order, against a contiguous one.
+void BM_paged_decode(benchmark::State& state, Index n, Index d, int threads) {
+  constexpr Index kPage = 16;
+  sdpa::PagedKVCache<float> paged(kHeads, d, d, kPage, n / kPage + 1);
+  sdpa::KVCache<float> flat(1, kHeads, d, d, n);
+  const Workspace& w = Workspace::get(n, d);
+  const Index filled = paged.add_sequence();
+  paged.append(filled, w.k, w.v);
+  flat.append(0, w.k, w.v);
+  std::vector<Index> table = paged.page_table(filled);
+  std::shuffle(table.begin(), table.end(), std::mt19937(3));
+  const Index scattered = paged.adopt(table, n);  // the same pages, visited in shuffled order
+  const sdpa::Matrix<float> q = w.q.topRows(1);
+  sdpa::Matrix<float> out(1, d);
+  const sdpa::Options options = variant("plain", false, threads);
+  const auto run_paged = [&] {
+    for (Index h = 0; h < kHeads; ++h)
+      out = sdpa::attention(q.middleCols(h * d, d), paged.keys(scattered, h), paged.values(scattered, h), options);
+  };
+  const auto run_flat = [&] {
+    for (Index h = 0; h < kHeads; ++h) {
+      const sdpa::MatrixView<const float> k = flat.keys(0, h), v = flat.values(0, h);
+      sdpa::attention_into(q.middleCols(h * d, d), Eigen::Map<const sdpa::Matrix<float>>(k.data, n, d),
+                           Eigen::Map<const sdpa::Matrix<float>>(v.data, n, d), out, options);
+    }
+  };
+  run_paged(), run_flat();  // warm-up
+  using Clock = std::chrono::steady_clock;
+  double paged_seconds = 0, flat_seconds = 0;
+  for (auto _ : state) {
+    const auto t0 = Clock::now();
+    run_paged();
+    const auto t1 = Clock::now();
+    run_flat();
+    const auto t2 = Clock::now();
+    benchmark::ClobberMemory();
+    const double seconds = std::chrono::duration<double>(t1 - t0).count();
+    paged_seconds += seconds;
+    flat_seconds += std::chrono::duration<double>(t2 - t1).count();
+    state.SetIterationTime(seconds);
+  }
+  state.counters["vs_contiguous"] = paged_seconds / flat_seconds;
+  state.counters["tokens_per_s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
+}
+
 void register_all() {
   for (const int threads : {1, 2}) {
     for (const char* name : {"softcap", "alibi", "sinks", "all"})
@@ -168,6 +217,10 @@ void register_all() {
                                  BM_variant, "window1024", 16384, 64, true, threads)
         ->UseManualTime()
         ->Unit(benchmark::kMillisecond);
+    benchmark::RegisterBenchmark(("paged/decode/N:8192/d:64/threads:" + std::to_string(threads)).c_str(),
+                                 BM_paged_decode, 8192, 64, threads)
+        ->UseManualTime()
+        ->Unit(benchmark::kMicrosecond);
     benchmark::RegisterBenchmark(("varlen/lengths:2048,1400,512,128/d:64/threads:" + std::to_string(threads)).c_str(),
                                  BM_varlen, std::vector<Index>{2048, 1400, 512, 128}, 64, threads)
         ->UseManualTime()

@@ -318,12 +318,12 @@ class RowTiles {
   /// next tile's K rows: decoding streams K and V from DRAM in alternating tiles, and without
   /// this each tile's first rows of a stream wait for the hardware prefetcher to pick it up again.
   void scores(const float* q_tile, Index rows, Index j0, Index keys, float* s, Index ld) const {
-    const Index dk = detail::features<S>(k_.cols);
-    for (Index c = 0; c < keys; ++c) {
-      prefetch_row(v_, j0 + c);
-      if (j0 + keys + c < k_.rows) prefetch_row(k_, j0 + keys + c);
-      const S* k_row = k_.row(j0 + c);
-      for (Index r = 0; r < rows; ++r) s[r * ld + c] = dot(q_tile + r * dk, k_row, dk);
+    const Index dk = detail::features<S>(k_.cols), next_keys = std::min(keys, k_.rows - j0 - keys);
+    RowCursor k_rows(k_, j0), v_rows(v_, j0), next_k_rows(k_, j0 + keys, next_keys);
+    for (Index c = 0; c < keys; ++c, k_rows.next(), v_rows.next()) {
+      prefetch_row(v_rows.row(), v_.cols);
+      if (c < next_keys) prefetch_row(next_k_rows.row(), k_.cols), next_k_rows.next();
+      for (Index r = 0; r < rows; ++r) s[r * ld + c] = dot(q_tile + r * dk, k_rows.row(), dk);
     }
   }
 
@@ -367,10 +367,41 @@ class RowTiles {
     return reduce_add(sum);
   }
 
-  static void prefetch_row(const View& m, Index i) {
-    const char* row = reinterpret_cast<const char*>(m.row(i));
-    for (Index byte = 0; byte < m.cols * Index(sizeof(S)); byte += 64) __builtin_prefetch(row + byte);
+  static void prefetch_row(const S* at, Index cols) {
+    const char* row = reinterpret_cast<const char*>(at);
+    for (Index byte = 0; byte < cols * Index(sizeof(S)); byte += 64) __builtin_prefetch(row + byte);
   }
+
+  /// Rows first, first + 1, ... of a view (`count` of them), each found without a division:
+  /// a paged view's rows are contiguous within a page, and its page table is read once per
+  /// page rather than once per row (a division per key cost a paged decode 25-40%).
+  struct RowCursor {
+    RowCursor(const View& view, Index first, Index count = -1)
+        : view_(view), i_(first), end_(count < 0 ? view.rows : first + count) {
+      if (i_ < end_) at_ = view.row(i_), left_ = run(i_);
+    }
+    const S* row() const { return at_; }
+    void next() {
+      if (++i_ >= end_) return;
+      if (--left_ > 0) {
+        at_ += view_.row_stride;
+      } else {
+        at_ = view_.row(i_);
+        left_ = run(i_);
+      }
+    }
+
+   private:
+    Index run(Index i) const {
+      if constexpr (std::is_same_v<View, MatrixView<const S>>)
+        return end_ - i;
+      else
+        return view_.run(i);
+    }
+    const View& view_;
+    Index i_, end_, left_ = 0;
+    const S* at_ = nullptr;
+  };
 
   View k_, v_;
 };
