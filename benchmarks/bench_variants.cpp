@@ -1,6 +1,6 @@
 // bench_variants.cpp - what each model variant costs over plain attention, measured in pairs.
 //
-// Each iteration runs plain attention and then the variant on the same inputs, timing both:
+// Each iteration runs the variant and then plain attention on the same inputs, timing both:
 // the benchmark's time is the variant's (manual time), and its counter `vs_plain` is the
 // variant's total time over plain's across the iterations, so that the ratio the README's
 // bars are stated in is measured side by side, interleaved, immune to the machine's drift
@@ -30,6 +30,7 @@
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <map>
 #include <numeric>
@@ -69,6 +70,29 @@ struct Workspace {
   }
 };
 
+/// Runs every call of `calls` in turn in each iteration, timing each: the benchmark's time is
+/// the first call's (manual time); returns each call's total time over the iterations.
+template <class... Calls>
+std::array<double, sizeof...(Calls)> time_interleaved(benchmark::State& state, const Calls&... calls) {
+  using Clock = std::chrono::steady_clock;
+  std::array<double, sizeof...(Calls)> totals{};
+  for (auto _ : state) {
+    std::size_t i = 0;
+    double first = 0;
+    const auto time = [&](const auto& call) {
+      const auto start = Clock::now();
+      call();
+      const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+      if (i == 0) first = seconds;
+      totals[i++] += seconds;
+    };
+    (time(calls), ...);
+    benchmark::ClobberMemory();
+    state.SetIterationTime(first);
+  }
+  return totals;
+}
+
 sdpa::Options variant(const std::string& name, bool causal, int threads) {
   sdpa::Options o;
   o.kernel = sdpa::Kernel::Simd;
@@ -86,21 +110,8 @@ void BM_variant(benchmark::State& state, std::string name, Index n, Index d, boo
   sdpa::Options plain = variant("plain", causal, threads), options = variant(name, causal, threads);
   w.run(d, plain);  // warm-up: scratch grown, pages touched
   w.run(d, options);
-  using Clock = std::chrono::steady_clock;
-  double plain_seconds = 0, variant_seconds = 0;
-  for (auto _ : state) {
-    const auto t0 = Clock::now();
-    w.run(d, plain);
-    const auto t1 = Clock::now();
-    w.run(d, options);
-    const auto t2 = Clock::now();
-    benchmark::ClobberMemory();
-    plain_seconds += std::chrono::duration<double>(t1 - t0).count();
-    const double seconds = std::chrono::duration<double>(t2 - t1).count();
-    variant_seconds += seconds;
-    state.SetIterationTime(seconds);
-  }
-  state.counters["vs_plain"] = variant_seconds / plain_seconds;
+  const auto seconds = time_interleaved(state, [&] { w.run(d, options); }, [&] { w.run(d, plain); });
+  state.counters["vs_plain"] = seconds[0] / seconds[1];
   const double pairs = causal ? double(n) * double(n + 1) / 2 : double(n) * double(n);
   state.counters["GFLOPS"] = benchmark::Counter(4.0 * pairs * double(d) * double(kHeads),
                                                 benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
@@ -136,23 +147,7 @@ void BM_varlen(benchmark::State& state, std::vector<Index> lengths, Index d, int
                            view(padded.v, batch, longest, 0), view(padded.out, batch, longest, 0), padding);
   };
   run_packed(), run_separate(), run_padded();  // warm-up
-  using Clock = std::chrono::steady_clock;
-  double seconds[3] = {0, 0, 0};
-  for (auto _ : state) {
-    const auto t0 = Clock::now();
-    run_packed();
-    const auto t1 = Clock::now();
-    run_separate();
-    const auto t2 = Clock::now();
-    run_padded();
-    const auto t3 = Clock::now();
-    benchmark::ClobberMemory();
-    const double packed_seconds = std::chrono::duration<double>(t1 - t0).count();
-    seconds[0] += packed_seconds;
-    seconds[1] += std::chrono::duration<double>(t2 - t1).count();
-    seconds[2] += std::chrono::duration<double>(t3 - t2).count();
-    state.SetIterationTime(packed_seconds);
-  }
+  const auto seconds = time_interleaved(state, run_packed, run_separate, run_padded);
   state.counters["vs_separate"] = seconds[0] / seconds[1];
   state.counters["vs_padded"] = seconds[0] / seconds[2];
   double pairs = 0;
@@ -188,21 +183,8 @@ void BM_paged_decode(benchmark::State& state, Index n, Index d, int threads) {
     }
   };
   run_paged(), run_flat();  // warm-up
-  using Clock = std::chrono::steady_clock;
-  double paged_seconds = 0, flat_seconds = 0;
-  for (auto _ : state) {
-    const auto t0 = Clock::now();
-    run_paged();
-    const auto t1 = Clock::now();
-    run_flat();
-    const auto t2 = Clock::now();
-    benchmark::ClobberMemory();
-    const double seconds = std::chrono::duration<double>(t1 - t0).count();
-    paged_seconds += seconds;
-    flat_seconds += std::chrono::duration<double>(t2 - t1).count();
-    state.SetIterationTime(seconds);
-  }
-  state.counters["vs_contiguous"] = paged_seconds / flat_seconds;
+  const auto seconds = time_interleaved(state, run_paged, run_flat);
+  state.counters["vs_contiguous"] = seconds[0] / seconds[1];
   state.counters["tokens_per_s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
 }
 

@@ -16,6 +16,22 @@
 SDPA_BEGIN_NAMESPACE
 namespace detail {
 
+/// The product of four sizes (each >= 1) of a cache of T, or a clear error naming them when
+/// that many elements cannot be addressed (rather than a product that wraps around to a small
+/// buffer). `names`: what each size is ("batch", "kv_heads", ...).
+template <class T>
+std::size_t cache_elements(const char* function, const char* const (&names)[4], const Index (&sizes)[4]) {
+  constexpr Index kMost = PTRDIFF_MAX / Index(sizeof(T));
+  Index total = 1;
+  for (const Index size : sizes) {
+    if (total > kMost / size)
+      fail(function, names[0], " ", sizes[0], " x ", names[1], " ", sizes[1], " x ", names[2], " ", sizes[2], " x ",
+           sizes[3], " ", names[3], " is more elements than memory can address");
+    total *= size;
+  }
+  return std::size_t(total);
+}
+
 /// The largest magnitude an int8 block can hold: its scale, max |x| / 127, must be a finite fp16.
 inline constexpr double kMaxQuantizable = 65504.0 * 127.0;
 
@@ -172,18 +188,10 @@ class KVCache {
     if (head < 0 || head >= kv_heads_) detail::fail("KVCache", "head ", head, " is outside [0, ", kv_heads_, ")");
     return head;
   }
-  /// batch x kv_heads x capacity x features, or a clear error when that many elements cannot
-  /// be addressed (rather than a product that wraps around to a small buffer).
+  /// batch x kv_heads x capacity x features (every size checked >= 1 above).
   std::size_t elements(Index features) const {
-    constexpr Index kMost = PTRDIFF_MAX / Index(sizeof(T));
-    Index total = batch_;  // every factor is >= 1, checked above
-    for (const Index factor : {kv_heads_, capacity_, features}) {
-      if (total > kMost / factor)
-        detail::fail("KVCache", "batch ", batch_, " x kv_heads ", kv_heads_, " x capacity ", capacity_, " x ", features,
-                     " features is more elements than memory can address");
-      total *= factor;
-    }
-    return std::size_t(total);
+    return detail::cache_elements<T>("KVCache", {"batch", "kv_heads", "capacity", "features"},
+                                     {batch_, kv_heads_, capacity_, features});
   }
   T* key_row(Index s, Index h, Index t) const {
     return const_cast<T*>(keys_.data()) + ((s * kv_heads_ + h) * capacity_ + t) * key_elements_;

@@ -252,17 +252,10 @@ class PagedKVCache {
     if (page < 0 || page >= pages_) detail::fail("PagedKVCache", "page ", page, " is outside [0, ", pages_, ")");
     return page;
   }
-  /// pages x kv_heads x page_size x features, or a clear error when that cannot be addressed.
+  /// pages x kv_heads x page_size x features (every size checked >= 1 above).
   std::size_t elements(Index features) const {
-    constexpr Index kMost = PTRDIFF_MAX / Index(sizeof(T));
-    Index total = pages_;
-    for (const Index factor : {kv_heads_, page_size_, features}) {
-      if (total > kMost / factor)
-        detail::fail("PagedKVCache", "pages ", pages_, " x kv_heads ", kv_heads_, " x page_size ", page_size_, " x ",
-                     features, " features is more elements than memory can address");
-      total *= factor;
-    }
-    return std::size_t(total);
+    return detail::cache_elements<T>("PagedKVCache", {"pages", "kv_heads", "page_size", "features"},
+                                     {pages_, kv_heads_, page_size_, features});
   }
   Index take_page() {  // room() was checked: there is one
     const Index page = free_.back();
