@@ -96,15 +96,14 @@ TEST_CASE("variants, in random combinations, match the reference on every path a
   auto gen = rng(900);
   const Index sizes[] = {1, 2, 7, 16, 33, 70};
   std::uniform_int_distribution<int> pick(0, 5);
-  for (int trial = 0; trial < 60; ++trial) {
+  for (int trial = 0; trial < 24; ++trial) {  // (each trial runs every path at three tile sizes)
     const Index nq = sizes[pick(gen)], nk = sizes[pick(gen)];
     const Index dk = std::uniform_int_distribution<Index>(1, 3)(gen) * 16, dv = trial % 3 == 0 ? 24 : dk;
     Case c = random_case(nq, nk, dk, dv, gen);
     c.mask = random_spec(nq, nk, gen);
     const std::string what = describe(c);
     check_case<float>(c, {}, what);
-    check_case<float>(c, {3, 5}, what);  // band edges inside small tiles
-    check_case<float>(c, {1, 1}, what);
+    check_case<float>(c, trial % 2 ? sdpa::BlockConfig{3, 5} : sdpa::BlockConfig{1, 1}, what);  // edges in small tiles
     check_case<double>(c, {2, 3}, what);
   }
 }

@@ -114,7 +114,6 @@ class MaskPolicy {
   /// The sink logit of row i's head in natural units, or -inf when there is none.
   T sink(Index i) const { return masks_.sinks ? T(masks_.sinks[head(i)]) : -std::numeric_limits<T>::infinity(); }
   bool has_sinks() const { return masks_.sinks != nullptr; }
-  bool has_alibi() const { return masks_.slopes != nullptr; }
 
   /// Scores of row i for keys [j0, j0 + n), in this order: capped, masked (-inf outside the
   /// band or where the boolean mask forbids), biased, ALiBi added. The plain version of what

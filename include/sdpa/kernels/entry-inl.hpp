@@ -7,7 +7,13 @@
 /// A class template whose functions are defined out of line, so that a program may compile
 /// them in one translation unit (SDPA_EXTERN_KERNELS, kernels/instances.hpp) rather than in
 /// every file that calls attention. Each function compiles for every storage pair, and is only
-/// called for the pairs its path supports (Simd: float compute; Blocked: no int8).
+/// called for the pairs its path supports (Simd: float compute; Blocked: no int8). Blocked
+/// runs from the scalar target only (attention.hpp, dispatch), so only that target compiles
+/// its code: the others' Blocked functions are empty (half the build time they took).
+/// Whether this target compiles the Blocked path for K and V of type S (see Paths).
+template <class S>
+inline constexpr bool kBlocked = kIsa == Isa::scalar && !is_quantized<S>;
+
 template <class Q, class S>
 struct Paths {
   static void simd_head(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<Q> out,
@@ -45,13 +51,13 @@ template <class Q, class S>
 void Paths<Q, S>::blocked_head(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v,
                                MatrixView<Q> out, compute_type<Q>* lse, double scale,
                                const detail::HeadMasks& masks, const Options& options) {
-  if constexpr (!is_quantized<S>) blocked_attention(q, k, v, out, scale, masks, options, lse);
+  if constexpr (kBlocked<S>) blocked_attention(q, k, v, out, scale, masks, options, lse);
 }
 template <class Q, class S>
 void Paths<Q, S>::blocked_batch(const TensorView<const Q>& q, const TensorView<const S>& k,
                                 const TensorView<const S>& v, const TensorView<Q>& out, double scale,
                                 const Options& options) {
-  if constexpr (!is_quantized<S>) batched_tiled<BlockedTiles<compute_type<Q>, S>>(q, k, v, out, scale, options);
+  if constexpr (kBlocked<S>) batched_tiled<BlockedTiles<compute_type<Q>, S>>(q, k, v, out, scale, options);
 }
 
 template <class Q, class S>
@@ -61,7 +67,7 @@ void Paths<Q, S>::paged_head(MatrixView<const Q> q, const PagedView<const S>& k,
   if constexpr (std::is_same_v<compute_type<Q>, float>) {
     if (simd) return simd_attention(q, k, v, out, scale, masks, options, lse);
   }
-  if constexpr (!is_quantized<S>) blocked_attention(q, k, v, out, scale, masks, options, lse);
+  if constexpr (kBlocked<S>) blocked_attention(q, k, v, out, scale, masks, options, lse);
 }
 
 template <class Q, class S>
@@ -72,7 +78,7 @@ void Paths<Q, S>::varlen(const TensorView<const Q>& q, const TensorView<const S>
     if (simd)
       return varlen_tiled<SimdTiles<Arch, S>>(q, k, v, out, offsets_q, offsets_k, scale, options);
   }
-  if constexpr (!is_quantized<S>)
+  if constexpr (kBlocked<S>)
     varlen_tiled<BlockedTiles<compute_type<Q>, S>>(q, k, v, out, offsets_q, offsets_k, scale, options);
 }
 

@@ -144,12 +144,13 @@ class TiledHead {
     const auto capped = [&](V x) {
       return cap > T(0) ? V::broadcast(cap) * vector_tanh(x * V::broadcast(inverse_cap), exp2) : x;
     };
-    if (!mask_.has_alibi())
-      return micro_.fused_softmax(q_tile, n_rows, j0, n_keys, s, score_ld_, rows, rescale,
-                                  [&](Index, Index, V x) { return capped(x); });
+    // One functor for both (each microkernel it is compiled into costs build time); a row
+    // without ALiBi has step 0 and skips its few instructions.
     return micro_.fused_softmax(q_tile, n_rows, j0, n_keys, s, score_ld_, rows, rescale, [&](Index r, Index col, V x) {
+      x = capped(x);
+      if (steps[r] == T(0)) return x;
       const V distance = V::broadcast(origins[r] - T(j0 + col)) - lanes;  // i' - j, exact below 2^24
-      return fma(V::broadcast(steps[r]), max(distance, V::zero() - distance), capped(x));
+      return fma(V::broadcast(steps[r]), max(distance, V::zero() - distance), x);
     });
   }
 
