@@ -65,7 +65,22 @@ void Paths<Q, S>::paged_head(MatrixView<const Q> q, const PagedView<const S>& k,
                              MatrixView<Q> out, compute_type<Q>* lse, double scale, const detail::HeadMasks& masks,
                              const Options& options, bool simd) {
   if constexpr (std::is_same_v<compute_type<Q>, float>) {
-    if (simd) return simd_attention(q, k, v, out, scale, masks, options, lse);
+    if (simd) {
+      // Decoding reads the pages in place. Prefill (more rows) packs K into panels and copies V
+      // anyway; its rows are first gathered into one contiguous copy, so that the packing
+      // kernels are compiled once, for MatrixViews (a paged copy of them doubled build time).
+      using Rows = RowTiles<Arch, S, PagedView<const S>>;
+      if (Rows::fits(q.rows, q.cols, out.cols)) return tiled_attention<Rows>(q, k, v, out, lse, scale, masks, options);
+      const detail::ScratchLease<S, detail::Slot::PagedRows> rows(k.rows * (k.cols + v.cols));
+      S* k_rows = rows.data();
+      S* v_rows = k_rows + k.rows * k.cols;
+      for (Index j = 0; j < k.rows; ++j) {
+        std::copy(k.row(j), k.row(j) + k.cols, k_rows + j * k.cols);
+        std::copy(v.row(j), v.row(j) + v.cols, v_rows + j * v.cols);
+      }
+      return simd_attention(q, MatrixView<const S>(k_rows, k.rows, k.cols, k.cols),
+                            MatrixView<const S>(v_rows, v.rows, v.cols, v.cols), out, scale, masks, options, lse);
+    }
   }
   if constexpr (kBlocked<S>) blocked_attention(q, k, v, out, scale, masks, options, lse);
 }
