@@ -239,12 +239,8 @@ void register_all() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  sdpa_bench::add_build_context();
-  benchmark::AddCustomContext("method", "fork per measurement; VmHWM - VmRSS around one call after clear_refs=5");
-  register_all();
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  return sdpa_bench::run_benchmarks(
+      argc, argv, register_all,
+      {{"method", "fork per measurement; VmHWM - VmRSS around one call after clear_refs=5"}});
 }
+

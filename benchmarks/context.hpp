@@ -6,6 +6,8 @@
 
 #include <fstream>
 #include <string>
+#include <utility>
+#include <vector>
 
 #if SDPA_HAS_OPENMP
 #include <omp.h>
@@ -68,6 +70,20 @@ inline void add_build_context() {
   benchmark::AddCustomContext("eigen_version", std::to_string(EIGEN_WORLD_VERSION) + "." +
                                                    std::to_string(EIGEN_MAJOR_VERSION) + "." +
                                                    std::to_string(EIGEN_MINOR_VERSION));
+}
+
+/// The main of a benchmark binary: its flags, the build's context (plus `context`, name-value
+/// pairs), the benchmarks `register_all` registers, run.
+inline int run_benchmarks(int argc, char** argv, void (*register_all)(),
+                          const std::vector<std::pair<std::string, std::string>>& context = {}) {
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  add_build_context();
+  for (const auto& [name, value] : context) benchmark::AddCustomContext(name, value);
+  register_all();
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
 }
 
 }  // namespace sdpa_bench

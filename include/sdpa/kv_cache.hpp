@@ -67,6 +67,40 @@ void store_row(const S* from, Index features, T* to) {
   }
 }
 
+/// Head dims a cache of T can hold: multiples of the features of one element (32 for int8 blocks).
+template <class T>
+void check_cache_head_dims(const char* function, Index head_dim, Index value_head_dim) {
+  constexpr Index per_element = features_per_element<T>;
+  if (head_dim % per_element != 0 || value_head_dim % per_element != 0)
+    fail(function, "head dims ", head_dim, "/", value_head_dim, " must be multiples of ", per_element,
+         ", the features of one int8 block");
+}
+
+/// New tokens for a cache of T, checked before any is written: keys n x (kv_heads head_dim)
+/// and values n x (kv_heads value_head_dim), heads side by side; for int8, every value
+/// quantizable.
+template <class T, class K, class V>
+void check_cache_tokens(const char* function, const Input<K>& k, const Input<V>& v, Index kv_heads, Index head_dim,
+                        Index value_head_dim) {
+  if (k.cols() != kv_heads * head_dim || v.cols() != kv_heads * value_head_dim || v.rows() != k.rows())
+    fail(function, "keys are ", shape(k.rows(), k.cols()), " and values ", shape(v.rows(), v.cols()), ": expected n x ",
+         kv_heads * head_dim, " and n x ", kv_heads * value_head_dim);
+  if constexpr (is_quantized<T>) {
+    for (Index t = 0; t < k.rows(); ++t) {
+      check_quantizable(function, "keys", k.view().row(t), k.cols());
+      check_quantizable(function, "values", v.view().row(t), v.cols());
+    }
+  }
+}
+
+/// Stores head h of token t of checked tokens (check_cache_tokens) at key_to and value_to.
+template <class T, class K, class V>
+void store_cache_token(const Input<K>& k, const Input<V>& v, Index t, Index h, Index head_dim, Index value_head_dim,
+                       T* key_to, T* value_to) {
+  store_row(k.view().row(t) + h * head_dim, head_dim, key_to);
+  store_row(v.view().row(t) + h * value_head_dim, value_head_dim, value_to);
+}
+
 }  // namespace detail
 SDPA_END_NAMESPACE
 
@@ -98,9 +132,7 @@ class KVCache {
     if (batch < 1 || kv_heads < 1 || head_dim < 1 || value_head_dim < 1 || capacity < 1)
       detail::fail("KVCache", "batch ", batch, ", kv_heads ", kv_heads, ", head dims ", head_dim, "/", value_head_dim,
                    " and capacity ", capacity, " must all be at least 1");
-    if (head_dim % kFeaturesPerElement != 0 || value_head_dim % kFeaturesPerElement != 0)
-      detail::fail("KVCache", "head dims ", head_dim, "/", value_head_dim, " must be multiples of ",
-                   kFeaturesPerElement, ", the features of one int8 block");
+    detail::check_cache_head_dims<T>("KVCache", head_dim, value_head_dim);
     key_elements_ = head_dim / kFeaturesPerElement;
     value_elements_ = value_head_dim / kFeaturesPerElement;
     const std::size_t keys = elements(key_elements_), values = elements(value_elements_);
@@ -130,24 +162,14 @@ class KVCache {
     const detail::Input<typename DK::Scalar> k(keys);
     const detail::Input<typename DV::Scalar> v(values);
     const Index n = k.rows(), start = length(sequence);
-    if (k.cols() != kv_heads_ * head_dim_ || v.cols() != kv_heads_ * value_head_dim_ || v.rows() != n)
-      detail::fail("KVCache::append", "keys are ", detail::shape(k.rows(), k.cols()), " and values ",
-                   detail::shape(v.rows(), v.cols()), ": expected n x ", kv_heads_ * head_dim_, " and n x ",
-                   kv_heads_ * value_head_dim_);
+    detail::check_cache_tokens<T>("KVCache::append", k, v, kv_heads_, head_dim_, value_head_dim_);
     if (n > capacity_ - start)
       detail::fail("KVCache::append", "sequence ", sequence, " holds ", start, " tokens; ", n, " more exceed its capacity ",
                    capacity_);
-    if constexpr (is_quantized<T>) {  // check every block before writing any
-      for (Index t = 0; t < n; ++t) {
-        detail::check_quantizable("KVCache::append", "keys", k.view().row(t), k.cols());
-        detail::check_quantizable("KVCache::append", "values", v.view().row(t), v.cols());
-      }
-    }
     for (Index h = 0; h < kv_heads_; ++h)
-      for (Index t = 0; t < n; ++t) {
-        detail::store_row(k.view().row(t) + h * head_dim_, head_dim_, key_row(sequence, h, start + t));
-        detail::store_row(v.view().row(t) + h * value_head_dim_, value_head_dim_, value_row(sequence, h, start + t));
-      }
+      for (Index t = 0; t < n; ++t)
+        detail::store_cache_token(k, v, t, h, head_dim_, value_head_dim_, key_row(sequence, h, start + t),
+                                  value_row(sequence, h, start + t));
     lengths_[std::size_t(sequence)] = start + n;
   }
 

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstddef>
+#include <utility>
 #include <vector>
 
 SDPA_BEGIN_NAMESPACE
@@ -86,9 +87,7 @@ class PagedKVCache {
     if (kv_heads < 1 || head_dim < 1 || value_head_dim < 1 || page_size < 1 || pages < 1)
       detail::fail(fn, "kv_heads ", kv_heads, ", head dims ", head_dim, "/", value_head_dim, ", page_size ", page_size,
                    " and pages ", pages, " must all be at least 1");
-    if (head_dim % kFeaturesPerElement != 0 || value_head_dim % kFeaturesPerElement != 0)
-      detail::fail(fn, "head dims ", head_dim, "/", value_head_dim, " must be multiples of ", kFeaturesPerElement,
-                   ", the features of one int8 block");
+    detail::check_cache_head_dims<T>(fn, head_dim, value_head_dim);
     key_elements_ = head_dim / kFeaturesPerElement;
     value_elements_ = value_head_dim / kFeaturesPerElement;
     keys_.resize(elements(key_elements_));
@@ -180,27 +179,17 @@ class PagedKVCache {
     const detail::Input<typename DK::Scalar> k(keys);
     const detail::Input<typename DV::Scalar> v(values);
     const Index n = k.rows();
-    if (k.cols() != kv_heads_ * head_dim_ || v.cols() != kv_heads_ * value_head_dim_ || v.rows() != n)
-      detail::fail(fn, "keys are ", detail::shape(k.rows(), k.cols()), " and values ", detail::shape(v.rows(), v.cols()),
-                   ": expected n x ", kv_heads_ * head_dim_, " and n x ", kv_heads_ * value_head_dim_);
+    detail::check_cache_tokens<T>(fn, k, v, kv_heads_, head_dim_, value_head_dim_);
     if (n > room(sequence))
       detail::fail(fn, "sequence ", sequence, " holds ", length(sequence), " tokens; ", n, " more need more than the ",
                    free_pages(), " free pages of ", page_size_, " tokens");
-    if constexpr (is_quantized<T>) {  // check every block before writing any
-      for (Index t = 0; t < n; ++t) {
-        detail::check_quantizable(fn, "keys", k.view().row(t), k.cols());
-        detail::check_quantizable(fn, "values", v.view().row(t), v.cols());
-      }
-    }
-    Sequence& s = sequences_[std::size_t(sequence)];
+    Sequence& s = live(sequence);
     if (n > 0 && s.length % page_size_ != 0 && references_[std::size_t(s.table.back())] > 1) copy_last_page(s);
     for (Index t = 0; t < n; ++t, ++s.length) {
       if (s.length % page_size_ == 0) s.table.push_back(take_page());
       const Index page = s.table.back(), row = s.length % page_size_;
-      for (Index h = 0; h < kv_heads_; ++h) {
-        detail::store_row(k.view().row(t) + h * head_dim_, head_dim_, key_row(page, h, row));
-        detail::store_row(v.view().row(t) + h * value_head_dim_, value_head_dim_, value_row(page, h, row));
-      }
+      for (Index h = 0; h < kv_heads_; ++h)
+        detail::store_cache_token(k, v, t, h, head_dim_, value_head_dim_, key_row(page, h, row), value_row(page, h, row));
     }
   }
 
@@ -208,7 +197,7 @@ class PagedKVCache {
   /// longer needs (rolls back an append, e.g. a rejected speculative draft). Throws
   /// std::invalid_argument unless 0 <= length <= length(sequence).
   void truncate(Index sequence, Index length) {
-    Sequence& s = const_cast<Sequence&>(live(sequence));
+    Sequence& s = live(sequence);
     if (length < 0 || length > s.length)
       detail::fail("PagedKVCache::truncate", "sequence ", sequence, " holds ", s.length, " tokens: cannot truncate it to ",
                    length);
@@ -244,6 +233,7 @@ class PagedKVCache {
       detail::fail("PagedKVCache", "sequence ", sequence, " does not exist (add_sequence, fork or adopt make one)");
     return sequences_[std::size_t(sequence)];
   }
+  Sequence& live(Index sequence) { return const_cast<Sequence&>(std::as_const(*this).live(sequence)); }
   Index checked_head(Index head) const {
     if (head < 0 || head >= kv_heads_) detail::fail("PagedKVCache", "head ", head, " is outside [0, ", kv_heads_, ")");
     return head;

@@ -160,12 +160,12 @@ void accumulate_tile(const float* p, Index rows, Index p_ld, Index keys, const S
 
 /// `S`: the element type of K and V (float, Eigen::half, Eigen::bfloat16 or BlockQ8_0),
 /// converted to float as they are packed (for prefill, which packs K whatever its type).
-template <class Arch, class S = float, class View = MatrixView<const S>>
+template <class Arch, class S = float>
 class SimdTiles {
  public:
   using Vec = simd::Vec<float, Arch>;
   using Storage = S;
-  using KeyView = View;  // MatrixView, or PagedView for a paged cache
+  using KeyView = MatrixView<const S>;  // a paged cache is gathered first (Paths::paged_head)
   static constexpr int W = Vec::width;
   static constexpr int R = RegisterBlock<Arch>::rows;
   static constexpr int C = RegisterBlock<Arch>::vectors;
@@ -179,18 +179,15 @@ class SimdTiles {
   /// other within a tile; the copy, one pass over V, measured 15-18% faster on AVX-512 and 5%
   /// on AVX2 at N = 2048, 8 heads side by side (docs/design.md, "Kernel structure").
   /// A 16-bit V is always copied, converted to float once rather than at every use.
-  /// Pages of V (a PagedView) are always copied: a key tile must be one contiguous block.
-  static bool copies_v(const View& v) {
-    if constexpr (std::is_same_v<View, MatrixView<const S>>)
-      return !std::is_same_v<S, float> || round_up(v.cols, W) != v.cols || v.row_stride != v.cols;
-    return true;
+  static bool copies_v(const MatrixView<const S>& v) {
+    return !std::is_same_v<S, float> || round_up(v.cols, W) != v.cols || v.row_stride != v.cols;
   }
   static Index features(Index elements) { return detail::features<S>(elements); }
-  static Index padded_features(const View& v) { return round_up(features(v.cols), W); }
+  static Index padded_features(const MatrixView<const S>& v) { return round_up(features(v.cols), W); }
 
   /// Floats of packing buffer the constructor needs: K^T panels (tiles, d_k, padded Bk), and
   /// the copy of V when copies_v.
-  static Index packed_size(View k, View v, const BlockConfig& blocks) {
+  static Index packed_size(MatrixView<const S> k, MatrixView<const S> v, const BlockConfig& blocks) {
     const Index tiles = (k.rows + blocks.key_rows - 1) / blocks.key_rows;
     return tiles * features(k.cols) * round_up(blocks.key_rows, key_multiple) +
            (copies_v(v) ? v.rows * padded_features(v) : 0);
@@ -198,23 +195,23 @@ class SimdTiles {
 
   /// Lays out K^T panels (and a padded V when needed) in `packed` (packed_size floats, which
   /// must outlive this); pack() fills them.
-  SimdTiles(View k, View v, const BlockConfig& blocks, float* packed)
+  SimdTiles(MatrixView<const S> k, MatrixView<const S> v, const BlockConfig& blocks, float* packed)
       : dk_(features(k.cols)), key_rows_(blocks.key_rows), panel_ld_(round_up(blocks.key_rows, key_multiple)),
         acc_ld_(padded_features(v)), packed_k_(packed) {
     if (copies_v(v)) {  // V is read from a zero-padded copy (Nk, acc_ld) after the panels
       const Index tiles = (k.rows + key_rows_ - 1) / key_rows_;
       v_ = MatrixView<const float>(packed + tiles * dk_ * panel_ld_, v.rows, acc_ld_, acc_ld_);
-    } else if constexpr (std::is_same_v<View, MatrixView<const float>>) {
+    } else if constexpr (std::is_same_v<S, float>) {
       v_ = v;
     }
   }
 
   /// Key tiles that pack() lays out (threads may pack different ones at once).
-  Index pack_tiles(View k) const { return (k.rows + key_rows_ - 1) / key_rows_; }
+  Index pack_tiles(MatrixView<const S> k) const { return (k.rows + key_rows_ - 1) / key_rows_; }
 
   /// Copies key tiles [first, end) of K (and their rows of V when copies_v) into the packed
   /// layout: once per call, before any tile is computed.
-  void pack(View k, View v, Index first, Index end) const {
+  void pack(MatrixView<const S> k, MatrixView<const S> v, Index first, Index end) const {
     const Index nk = k.rows;
     for (Index t = first; t < end; ++t) {
       // K^T panel t, zero-padded: (d_k, panel_ld)
@@ -407,14 +404,12 @@ class RowTiles {
 };
 
 /// out = softmax(scale Q K^T + mask) V with this target's vector microkernels, for float or
-/// 16-bit storage (computed in float). K and V: MatrixViews, or PagedViews of a paged cache.
-/// Inputs already validated.
-template <class Q, class KV, class O>
-void simd_attention(MatrixView<const Q> q, const KV& k, const KV& v, MatrixView<O> out, double scale,
-                    const detail::HeadMasks& masks, const Options& options, float* lse = nullptr) {
-  using S = reference_detail::element_of<KV>;
-  if (RowTiles<Arch, S, KV>::fits(q.rows, q.cols, out.cols))
-    return tiled_attention<RowTiles<Arch, S, KV>>(q, k, v, out, lse, scale, masks, options);
-  tiled_attention<SimdTiles<Arch, S, KV>>(q, k, v, out, lse, scale, masks, options);
+/// 16-bit storage (computed in float). Inputs already validated.
+template <class Q, class S, class O>
+void simd_attention(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<O> out,
+                    double scale, const detail::HeadMasks& masks, const Options& options, float* lse = nullptr) {
+  if (RowTiles<Arch, S>::fits(q.rows, q.cols, out.cols))
+    return tiled_attention<RowTiles<Arch, S>>(q, k, v, out, lse, scale, masks, options);
+  tiled_attention<SimdTiles<Arch, S>>(q, k, v, out, lse, scale, masks, options);
 }
 
