@@ -222,7 +222,7 @@ Matrix<compute_type<typename DQ::Scalar>> attention_weights_from_lse(
   for (Index r = 0; r < lse.size(); ++r) {
     const Index i = first_row + r;
     T* p = weights.row(r).data();
-    kernels::reference_scores(q.view(), k.view(), i, scale, mask, p);
+    kernels::reference_scores(q.view().row(i), k.view(), i, scale, mask, p);
     for (Index j = 0; j < k.rows(); ++j) p[j] = std::exp(p[j] - lse(r));  // exp(-inf - x) = 0
     if (lse(r) == -std::numeric_limits<T>::infinity()) weights.row(r).setZero();
   }

@@ -30,7 +30,7 @@ void batched_tiled(const TensorView<const Q>& q, const TensorView<const typename
     }
   });
 
-  std::vector<TiledHead<Micro, Q, Q>> heads;  // each keeps its own copy of its masks (views)
+  std::vector<TiledHead<Micro>> heads;  // each keeps its own copy of its masks (views)
   heads.reserve(std::size_t(q.batch * q.heads));
   for (Index b = 0; b < q.batch; ++b)
     for (Index h = 0; h < q.heads; ++h)
@@ -84,7 +84,7 @@ void varlen_tiled(const TensorView<const Q>& q, const TensorView<const typename 
     }
   });
 
-  std::vector<TiledHead<Micro, Q, Q>> heads;  // one per (sequence, query head)
+  std::vector<TiledHead<Micro>> heads;  // one per (sequence, query head)
   std::vector<Index> first_item{0};           // work items before each head's tiles
   heads.reserve(std::size_t(sequences * q.heads));
   for (Index b = 0; b < sequences; ++b)

@@ -27,13 +27,6 @@ SDPA_BEGIN_NAMESPACE
 namespace kernels {
 
 namespace reference_detail {
-/// Row i of a view as an Eigen row vector (no copy).
-template <class T>
-auto row(const MatrixView<T>& view, Index i) {
-  using Row = Eigen::Matrix<std::remove_const_t<T>, 1, Eigen::Dynamic>;
-  using Mapped = std::conditional_t<std::is_const_v<T>, const Row, Row>;
-  return Eigen::Map<Mapped>(view.row(i), view.cols);
-}
 /// The element type of a view of keys or values (MatrixView or PagedView).
 template <class View>
 using element_of = std::remove_const_t<std::remove_pointer_t<decltype(std::declval<View>().row(0))>>;
@@ -55,31 +48,32 @@ auto row_as(const View& view, Index i) {
 constexpr Index kRowsPerTask = 16;  // rows one thread takes at a time
 }  // namespace reference_detail
 
-/// Passes 1 and 2 for query row i: s_j = (scale q_i) . k_j, then the cap, -inf where masked,
-/// the bias and ALiBi (MaskPolicy::apply).
+/// Passes 1 and 2 for query row i (`q_row`, its d_k = k.cols features, stored as Q): s_j =
+/// (scale q_i) . k_j, then the cap, -inf where masked, the bias and ALiBi (MaskPolicy::apply).
 /// (The query is scaled before the dot product, as in the tiled paths, so that a product
 /// that fits the type after scaling never overflows before it.) Everything is computed in T;
 /// Q and K may be stored in another type (16-bit storage is computed in float).
 template <class T, class Q, class KView>
-void reference_scores(MatrixView<const Q> q, const KView& k, Index i, double scale,
-                      const detail::MaskPolicy<T>& mask, T* s) {
-  using reference_detail::row;
+void reference_scores(const Q* q_row, const KView& k, Index i, double scale, const detail::MaskPolicy<T>& mask,
+                      T* s) {
   // pass 1: the query against every key it may see, s_j = (scale q_i) . k_j
-  const Eigen::Matrix<T, 1, Eigen::Dynamic> scaled_query = T(scale) * row(q, i).template cast<T>();
+  const Index dk = detail::features<reference_detail::element_of<KView>>(k.cols);
+  const Eigen::Matrix<T, 1, Eigen::Dynamic> scaled_query =
+      T(scale) * Eigen::Map<const Eigen::Matrix<Q, 1, Eigen::Dynamic>>(q_row, dk).template cast<T>();
   for (Index j = mask.key_begin(i); j < mask.key_end(i); ++j) s[j] = scaled_query.dot(reference_detail::row_as<T>(k, j));
   // pass 2: the variants and masks: capped, forbidden pairs -inf, the bias and ALiBi added
   mask.apply(i, 0, k.rows, s);
 }
 
-/// Passes 1 to 5 for query row i: its weights p (k.rows entries, all 0 when it sees no key)
+/// Passes 1 to 5 for query row i (`q_row`): its weights p (k.rows entries, all 0 when it sees no key)
 /// and, when `lse` is not null, its log-sum-exp (-inf when it sees no key and has no sink). A
 /// NaN or +inf among the scores it sees makes every weight, and the LSE, NaN. A sink is one
 /// more term of the denominator, with no weight of its own in p (the row sums to less than 1).
 template <class T, class Q, class KView>
-void reference_row_weights(MatrixView<const Q> q, const KView& k, Index i, double scale,
-                           const detail::MaskPolicy<T>& mask, T* p, T* lse) {
+void reference_row_weights(const Q* q_row, const KView& k, Index i, double scale, const detail::MaskPolicy<T>& mask,
+                           T* p, T* lse) {
   const Index nk = k.rows;
-  reference_scores(q, k, i, scale, mask, p);  // passes 1 and 2
+  reference_scores(q_row, k, i, scale, mask, p);  // passes 1 and 2
   // pass 3: the row's max, subtracted so that exp cannot overflow (softmax is shift-invariant);
   // NaN wins, so that a NaN score cannot pass for a masked one
   const T sink = mask.sink(i);  // -inf: none
@@ -121,7 +115,7 @@ void reference_weights(MatrixView<const Q> q, const KView& k, double scale, cons
   const Index tasks = (q.rows + reference_detail::kRowsPerTask - 1) / reference_detail::kRowsPerTask;
   detail::parallel_for(tasks, options, [&](Index first, Index end) {
     for (Index i = first * reference_detail::kRowsPerTask; i < std::min(q.rows, end * reference_detail::kRowsPerTask); ++i)
-      reference_row_weights(q, k, i, scale, mask, weights.row(i), lse ? lse + i : nullptr);
+      reference_row_weights(q.row(i), k, i, scale, mask, weights.row(i), lse ? lse + i : nullptr);
   });
 }
 

@@ -19,6 +19,7 @@
 #include "../simd/arch.hpp"
 #include "../simd/scalar.hpp"
 #include "block_config.hpp"
+#include "compute_rows.hpp"
 #include "merge.hpp"
 #include "reference.hpp"
 

@@ -29,10 +29,11 @@
 ///       scores and their online-softmax step in one pass over an unmasked tile, returning
 ///       false when it cannot take this tile (then scores + absorb run instead).
 
-/// One head's attention, split into query tiles that threads run independently. Q holds
-/// elements of type `Q`, K and V of Micro::Storage, the output of `O`; everything in between
-/// is computed in T, the Micro's vector element type (float for every 16-bit storage type).
-template <class Micro, class Q, class O>
+/// One head's attention, split into query tiles that threads run independently. K and V hold
+/// elements of Micro::Storage; everything is computed in T, the Micro's vector element type
+/// (float for every 16-bit storage type), and Q and the output are read and written as rows
+/// of T, whatever their own types (kernels/compute_rows.hpp: one TiledHead per Micro).
+template <class Micro>
 class TiledHead {
  public:
   using V = typename Micro::Vec;
@@ -48,8 +49,7 @@ class TiledHead {
 
   /// `lse`, when not null, receives each row's natural log-sum-exp of its scaled, biased
   /// scores (-inf for a fully masked row).
-  TiledHead(MatrixView<const Q> q, const KV& k, const KV& v, MatrixView<O> out, T* lse,
-            double scale, const detail::HeadMasks& masks, const Micro& micro, const BlockConfig& blocks)
+  TiledHead(QueryRows<T> q, const KV& k, const KV& v, OutputRows<T> out, T* lse, double scale, const detail::HeadMasks& masks, const Micro& micro, const BlockConfig& blocks)
       : q_(q), k_(k), v_(v), out_(out), lse_(lse), nk_(k.rows), scale_(scale), micro_(micro), blocks_(blocks),
         mask_(masks, q.rows, k.rows, kLog2e), natural_mask_(masks, q.rows, k.rows, T(1)),
         query_scale_(T(scale * double(kLog2e))), score_ld_(round_up(blocks.key_rows, Micro::key_multiple)),
@@ -76,8 +76,7 @@ class TiledHead {
     Index keys_begin = nk_, keys_end = 0;  // some row sees keys in [keys_begin, keys_end)
     Index band_begin = 0, band_end = nk_;  // every row sees keys in [band_begin, band_end)
     for (Index r = 0; r < n_rows; ++r) {
-      const Q* q_row = q_.row(i0 + r);
-      for (Index c = 0; c < dk; ++c) q_tile[r * dk + c] = T(q_row[c]) * query_scale_;
+      q_.read_row(i0 + r, query_scale_, q_tile + r * dk);
       std::fill(acc + r * acc_ld_, acc + (r + 1) * acc_ld_, T(0));
       rows[r] = {};
       keys_begin = std::min(keys_begin, mask_.key_begin(i0 + r));
@@ -200,13 +199,12 @@ class TiledHead {
     totals.used = true;
   }
 
-  /// out_i = acc / sum, and the LSE. A row whose result is not a finite, positive-sum one
-  /// (no visible key, a NaN or Inf score, a value that overflowed the accumulator) is
-  /// computed again by the reference path, whose rules for those cases every path follows
-  /// (README, "NaN, Inf and out-of-range input"): this costs nothing on ordinary rows.
-  /// (A 16-bit output is rounded here, once.)
-  void finish_row(Index i, RowTotal total, const T* row_acc) const {
-    O* out_row = out_.row(i);
+  /// out_i = acc / sum (normalised in place in row_acc), and the LSE. A row whose result is not
+  /// a finite, positive-sum one (no visible key, a NaN or Inf score, a value that overflowed
+  /// the accumulator) is computed again by the reference path, whose rules for those cases
+  /// every path follows (README, "NaN, Inf and out-of-range input"): this costs nothing on
+  /// ordinary rows. (A 16-bit output is rounded here, once.)
+  void finish_row(Index i, RowTotal total, T* row_acc) const {
     T keys_weight = T(1);  // what the keys' share of the denominator scales the output by
     if (mask_.has_sinks()) {  // the sink joins the denominator: max and sum gain one term
       const T sink = mask_.sink(i) * kLog2e, max = std::max(total.max, sink);
@@ -216,25 +214,28 @@ class TiledHead {
     const T normaliser = keys_weight / total.sum;
     bool finite = total.sum > T(0) && std::isfinite(normaliser);
     for (Index c = 0; c < out_.cols && finite; ++c) {
-      const T value = row_acc[c] * normaliser;
-      out_row[c] = O(value);
-      finite = std::isfinite(value);
+      row_acc[c] *= normaliser;
+      finite = std::isfinite(row_acc[c]);
     }
     if (finite) {
+      out_.write_row(i, row_acc);
       if (lse_) lse_[i] = (total.max + std::log2(total.sum)) / kLog2e;
       return;
     }
-    T* p = detail::thread_scratch<T, detail::Slot::ReferenceRow>(nk_ + out_.cols);  // weights, then the row
+    // weights, then the output row, then the query row
+    T* p = detail::thread_scratch<T, detail::Slot::ReferenceRow>(nk_ + out_.cols + q_.cols);
+    T* query = p + nk_ + out_.cols;
+    q_.read_row(i, T(1), query);
     T lse;
-    reference_row_weights(q_, k_, i, scale_, natural_mask_, p, &lse);
+    reference_row_weights(static_cast<const T*>(query), k_, i, scale_, natural_mask_, p, &lse);
     reference_blend(p, v_, p + nk_);
-    std::transform(p + nk_, p + nk_ + out_.cols, out_row, [](T x) { return O(x); });
+    out_.write_row(i, p + nk_);
     if (lse_) lse_[i] = lse;
   }
 
-  MatrixView<const Q> q_;
+  QueryRows<T> q_;
   KV k_, v_;
-  MatrixView<O> out_;
+  OutputRows<T> out_;
   T* lse_;
   Index nk_;
   double scale_;
@@ -249,9 +250,10 @@ class TiledHead {
 };
 
 /// One head: out = softmax(scale Q K^T + masks) V, and each row's LSE when `lse` is not null.
-template <class Micro, class Q, class O>
-void tiled_attention(MatrixView<const Q> q, const typename Micro::KeyView& k, const typename Micro::KeyView& v,
-                     MatrixView<O> out,
+/// Q and out: MatrixViews of any storage type, read and written as rows of T.
+template <class Micro>
+void tiled_attention(QueryRows<typename Micro::Vec::value_type> q, const typename Micro::KeyView& k,
+                     const typename Micro::KeyView& v, OutputRows<typename Micro::Vec::value_type> out,
                      typename Micro::Vec::value_type* lse, double scale, const detail::HeadMasks& masks,
                      const Options& options) {
   using T = typename Micro::Vec::value_type;
@@ -264,7 +266,7 @@ void tiled_attention(MatrixView<const Q> q, const typename Micro::KeyView& k, co
     const detail::ScratchLease<T, detail::Slot::Packed> packed(Micro::packed_size(k, v, blocks));
     const Micro micro(k, v, blocks, packed.data());
     detail::parallel_for(micro.pack_tiles(k), options, [&](Index first, Index end) { micro.pack(k, v, first, end); });
-    const TiledHead<Micro, Q, O> head(q, k, v, out, lse, scale, masks, micro, blocks);
+    const TiledHead<Micro> head(q, k, v, out, lse, scale, masks, micro, blocks);
     detail::parallel_for(head.tiles(), options, [&](Index first, Index end) {
       for (Index tile = first; tile < end; ++tile) head.run_tile(tile);
     });
@@ -296,7 +298,7 @@ void tiled_attention(MatrixView<const Q> q, const typename Micro::KeyView& k, co
       const Micro micro(k_piece, v_piece, blocks, packed);
       micro.pack(k_piece, v_piece, 0, micro.pack_tiles(k_piece));
       const MatrixView<T> piece_out(partial_out + piece * nq * dv, nq, dv, dv);
-      const TiledHead<Micro, Q, T> head(q, k_piece, v_piece, piece_out, partial_lse + piece * nq, scale, piece_masks,
+      const TiledHead<Micro> head(q, k_piece, v_piece, piece_out, partial_lse + piece * nq, scale, piece_masks,
                                         micro, blocks);
       head.run_tile(tile);
     }
@@ -308,16 +310,17 @@ void tiled_attention(MatrixView<const Q> q, const typename Micro::KeyView& k, co
                   partial_lse + piece * nq);
   // As in TiledHead::finish_row: a row that came out non-finite is redone by the reference,
   // over all its keys at once (a piece cannot tell that a NaN value it saw has weight 0 in
-  // the whole row). Then each row is stored, rounded once to O.
+  // the whole row). Then each row is stored, rounded once to out's type.
   for (Index i = 0; i < nq; ++i) {
     T* row = merged.row(i);
     if (full.has_sinks()) add_sink(row, dv, partial_lse[i], full.sink(i));
     if (!std::all_of(row, row + dv, [](T x) { return std::isfinite(x); })) {
-      T* p = detail::thread_scratch<T, detail::Slot::ReferenceRow>(nk);
-      reference_row_weights(q, k, i, scale, full, p, partial_lse + i);
+      T* p = detail::thread_scratch<T, detail::Slot::ReferenceRow>(nk + dk);  // weights, then the query row
+      q.read_row(i, T(1), p + nk);
+      reference_row_weights(static_cast<const T*>(p + nk), k, i, scale, full, p, partial_lse + i);
       reference_blend(p, v, row);
     }
-    std::transform(row, row + dv, out.row(i), [](T x) { return O(x); });
+    out.write_row(i, row);
     if (lse) lse[i] = partial_lse[i];
   }
 }
