@@ -1,7 +1,7 @@
 # Flags for sdpa's own tests, examples and benchmarks (never for the sdpa::sdpa interface).
 
 # sdpa_internal_target(<target>): ISA flags, warnings (-Wundef turns a misspelt SDPA_HAS_*
-# macro into an error) and, when SDPA_SANITIZE is set, the sanitizers.
+# macro into an error) and, when SDPA_SANITIZE is set, the sanitizers (less SDPA_SANITIZE_EXCLUDE).
 function(sdpa_internal_target target)
   target_link_libraries(${target} PRIVATE sdpa::sdpa)
   if(SDPA_ARCH_FLAGS)
@@ -19,6 +19,9 @@ function(sdpa_internal_target target)
   if(SDPA_SANITIZE)
     target_compile_options(${target} PRIVATE -fsanitize=${SDPA_SANITIZE} -fno-omit-frame-pointer -fno-sanitize-recover=all)
     target_link_options(${target} PRIVATE -fsanitize=${SDPA_SANITIZE})
+    if(SDPA_SANITIZE_EXCLUDE)
+      target_compile_options(${target} PRIVATE -fno-sanitize=${SDPA_SANITIZE_EXCLUDE})
+    endif()
   endif()
 endfunction()
 
