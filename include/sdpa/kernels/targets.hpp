@@ -73,25 +73,19 @@ struct MicrokernelSet {
 }  // namespace kernels
 SDPA_END_NAMESPACE
 
-// Every storage pair (storage.hpp, detail::is_storage_pair), for the explicit instantiations,
-// in two halves of about equal build time (sdpa_add_kernels compiles each target in two
-// files, SDPA_KERNELS_PART 1 and 2, so that make keeps two cores busy on the kernels).
-#define SDPA_STORAGE_PAIRS_PART_1(X)                                                                \
-  X(float, float) X(double, double) X(long double, long double) X(Eigen::bfloat16, Eigen::bfloat16) \
-  X(float, Eigen::bfloat16) X(Eigen::bfloat16, BlockQ8_0)
-#define SDPA_STORAGE_PAIRS_PART_2(X)                                                                 \
-  X(Eigen::half, Eigen::half) X(float, Eigen::half) X(float, BlockQ8_0) X(Eigen::bfloat16, Eigen::half) \
-  X(Eigen::half, Eigen::bfloat16) X(Eigen::half, BlockQ8_0)
-#define SDPA_FOR_EACH_STORAGE_PAIR(X) SDPA_STORAGE_PAIRS_PART_1(X) SDPA_STORAGE_PAIRS_PART_2(X)
+// Every storage pair (storage.hpp, detail::is_storage_pair), for the explicit instantiations.
+#define SDPA_FOR_EACH_STORAGE_PAIR(X)                                                                 \
+  X(float, float) X(double, double) X(long double, long double) X(Eigen::bfloat16, Eigen::bfloat16)   \
+  X(Eigen::half, Eigen::half) X(float, Eigen::bfloat16) X(float, Eigen::half) X(float, BlockQ8_0)     \
+  X(Eigen::bfloat16, Eigen::half) X(Eigen::bfloat16, BlockQ8_0) X(Eigen::half, Eigen::bfloat16)        \
+  X(Eigen::half, BlockQ8_0)
 
 // Compiling the kernels once per program (README, "Build time"). The paths (entry-inl.hpp,
 // Paths<Q, S>) are what takes a compiler its time. A program may define SDPA_EXTERN_KERNELS in
 // all of its translation units, so that they only declare the paths, and in one of them also
 // SDPA_INSTANTIATE_KERNELS, which compiles every target's paths for every storage pair there;
 // or SDPA_INSTANTIATE_KERNELS_<TARGET> (AVX512, AVX2, NEON, SCALAR) in one unit per target,
-// which a parallel build compiles side by side, optionally with SDPA_KERNELS_PART 1 or 2 to
-// compile only half of the storage pairs (the other half is then declared extern). Every unit
-// must see the same ISA flags.
+// which a parallel build compiles side by side. Every unit must see the same ISA flags.
 // Each target's block below sets SDPA_KERNELS_SELECTED when its own macro is defined.
 
 // Opens (closes) a target's namespace, where target-inl.hpp's files find `Arch`, the

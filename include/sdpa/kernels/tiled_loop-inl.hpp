@@ -29,6 +29,18 @@
 ///       scores and their online-softmax step in one pass over an unmasked tile, returning
 ///       false when it cannot take this tile (then scores + absorb run instead).
 
+/// Row i of a head computed again by the reference path: its output into `out` (d_v values of
+/// T) and its natural LSE. The fallback for rows that did not come out finite
+/// (TiledHead::finish_row, and the merge of split keys); the query row is read exactly.
+template <class T, class KV>
+void reference_redo_row(const QueryRows<T>& q, const KV& k, const KV& v, Index i, double scale,
+                        const detail::MaskPolicy<T>& mask, T* out, T* lse) {
+  T* p = detail::thread_scratch<T, detail::Slot::ReferenceRow>(k.rows + q.cols);  // weights, then the query
+  q.read_row(i, T(1), p + k.rows);
+  reference_row_weights(static_cast<const T*>(p + k.rows), k, i, scale, mask, p, lse);
+  reference_blend(p, v, out);
+}
+
 /// One head's attention, split into query tiles that threads run independently. K and V hold
 /// elements of Micro::Storage; everything is computed in T, the Micro's vector element type
 /// (float for every 16-bit storage type), and Q and the output are read and written as rows
@@ -49,7 +61,8 @@ class TiledHead {
 
   /// `lse`, when not null, receives each row's natural log-sum-exp of its scaled, biased
   /// scores (-inf for a fully masked row).
-  TiledHead(QueryRows<T> q, const KV& k, const KV& v, OutputRows<T> out, T* lse, double scale, const detail::HeadMasks& masks, const Micro& micro, const BlockConfig& blocks)
+  TiledHead(QueryRows<T> q, const KV& k, const KV& v, OutputRows<T> out, T* lse, double scale,
+            const detail::HeadMasks& masks, const Micro& micro, const BlockConfig& blocks)
       : q_(q), k_(k), v_(v), out_(out), lse_(lse), nk_(k.rows), scale_(scale), micro_(micro), blocks_(blocks),
         mask_(masks, q.rows, k.rows, kLog2e), natural_mask_(masks, q.rows, k.rows, T(1)),
         query_scale_(T(scale * double(kLog2e))), score_ld_(round_up(blocks.key_rows, Micro::key_multiple)),
@@ -222,14 +235,9 @@ class TiledHead {
       if (lse_) lse_[i] = (total.max + std::log2(total.sum)) / kLog2e;
       return;
     }
-    // weights, then the output row, then the query row
-    T* p = detail::thread_scratch<T, detail::Slot::ReferenceRow>(nk_ + out_.cols + q_.cols);
-    T* query = p + nk_ + out_.cols;
-    q_.read_row(i, T(1), query);
     T lse;
-    reference_row_weights(static_cast<const T*>(query), k_, i, scale_, natural_mask_, p, &lse);
-    reference_blend(p, v_, p + nk_);
-    out_.write_row(i, p + nk_);
+    reference_redo_row(q_, k_, v_, i, scale_, natural_mask_, row_acc, &lse);  // row_acc holds >= d_v
+    out_.write_row(i, row_acc);
     if (lse_) lse_[i] = lse;
   }
 
@@ -314,12 +322,8 @@ void tiled_attention(QueryRows<typename Micro::Vec::value_type> q, const typenam
   for (Index i = 0; i < nq; ++i) {
     T* row = merged.row(i);
     if (full.has_sinks()) add_sink(row, dv, partial_lse[i], full.sink(i));
-    if (!std::all_of(row, row + dv, [](T x) { return std::isfinite(x); })) {
-      T* p = detail::thread_scratch<T, detail::Slot::ReferenceRow>(nk + dk);  // weights, then the query row
-      q.read_row(i, T(1), p + nk);
-      reference_row_weights(static_cast<const T*>(p + nk), k, i, scale, full, p, partial_lse + i);
-      reference_blend(p, v, row);
-    }
+    if (!std::all_of(row, row + dv, [](T x) { return std::isfinite(x); }))
+      reference_redo_row(q, k, v, i, scale, full, row, partial_lse + i);
     out.write_row(i, row);
     if (lse) lse[i] = partial_lse[i];
   }
