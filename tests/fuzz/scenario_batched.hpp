@@ -77,8 +77,10 @@ void run_batched(const ByteReader& in) {
   if (is(M::negative_tokens)) qN = oN = -1;
   if (is(M::zero_head_dim)) qD = kD = 0;
   if (is(M::zero_value_dim)) vD = oD = 0;
+  // (Not with a mutation that negates Q's or K's strides: sdpa::FusedQKV cannot lay that out.)
   const bool fused = in.pick(kLayoutQ, 8) == 7 && qN == kN && kN == vN && qD == vD && kD == vD && qH == kH &&
-                     kH == vH && qB == kB && kB == vB && !ignored("gen.fused");
+                     kH == vH && qB == kB && kB == vB && !is(M::q_negative_stride) && !is(M::k_negative_stride) &&
+                     !ignored("gen.fused");
   const auto layout_kind = [&](Field f) { return in.pick(f, 8) % 7; };
   TensorLayout ql = make_layout(layout_kind(kLayoutQ), qB, qH, qN, qD, pad);
   TensorLayout kl = make_layout(layout_kind(kLayoutK), kB, kH, kN, kD, pad);
