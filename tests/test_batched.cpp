@@ -3,6 +3,8 @@
 #include "catch.hpp"
 #include "support.hpp"
 
+namespace test_batched {  // this file's names, apart from the other files' in a unity build
+
 using namespace sdpa_test;
 using sdpa::TensorView;
 
@@ -210,3 +212,5 @@ TEST_CASE("grouped-query decoding reads each key/value head once for its group a
       }
     }
 }
+
+}  // namespace test_batched

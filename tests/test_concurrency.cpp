@@ -15,6 +15,8 @@
 #include <thread>
 #include <vector>
 
+namespace test_concurrency {  // this file's names, apart from the other files' in a unity build
+
 using namespace sdpa_test;
 using sdpa::TensorView;
 
@@ -298,3 +300,5 @@ TEST_CASE("a user parallel_for on std::threads gives the serial result, bit for 
   causal.causal = true;
   CHECK(same_bits(layer.forward(X, with_pool(causal, 3)), layer.forward(X, causal)));
 }
+
+}  // namespace test_concurrency

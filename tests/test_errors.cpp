@@ -3,6 +3,8 @@
 #include "catch.hpp"
 #include "support.hpp"
 
+namespace test_errors {  // this file's names, apart from the other files' in a unity build
+
 using namespace sdpa_test;
 
 namespace {
@@ -168,3 +170,5 @@ TEST_CASE("a 2-D call refuses the batched masks it cannot honour", "[errors]") {
     CHECK(cache.length(0) == 0);  // refused before the cache was touched
   }
 }
+
+}  // namespace test_errors

@@ -8,6 +8,8 @@
 
 #include <cstdio>
 
+namespace test_exp {  // this file's names, apart from the other files' in a unity build
+
 using namespace sdpa_test;
 
 namespace {
@@ -101,3 +103,5 @@ TEST_CASE("vector tanh (the soft cap's) is within 3 eps of the C library, absolu
   CHECK(at(mk.tanh, mk.width, 0.0f) == 0.0f);
   CHECK(std::isnan(at(mk.tanh, mk.width, std::numeric_limits<float>::quiet_NaN())));
 }
+
+}  // namespace test_exp

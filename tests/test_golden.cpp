@@ -4,6 +4,8 @@
 #include "catch.hpp"
 #include "support.hpp"
 
+namespace test_golden {  // this file's names, apart from the other files' in a unity build
+
 using namespace sdpa_test;
 
 namespace {
@@ -135,3 +137,5 @@ TEST_CASE("golden SelfAttention layers from PyTorch", "[golden]") {
                            "layer_cross_two_heads.txt"})
     check_layer_case(file);
 }
+
+}  // namespace test_golden

@@ -6,6 +6,8 @@
 #include "catch.hpp"
 #include "support.hpp"
 
+namespace test_half {  // this file's names, apart from the other files' in a unity build
+
 using namespace sdpa_test;
 using sdpa::Index;
 using sdpa::TensorView;
@@ -350,3 +352,5 @@ TEST_CASE("SelfAttention<bfloat16> projects in float, rounds once and attends in
     check_stored(Matrix<bf16>(Y.middleCols(h * dk, dk)), e, X.rows(), dk, "SelfAttention<bf16>");
   }
 }
+
+}  // namespace test_half

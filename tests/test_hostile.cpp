@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <stdexcept>
 
+namespace test_hostile {  // this file's names, apart from the other files' in a unity build
+
 using namespace sdpa_test;
 
 namespace {
@@ -335,3 +337,5 @@ TEST_CASE("an output may not overlap an input that is read through a copy", "[ho
   REQUIRE_INVALID(sdpa::attention_into(Q, K, V, Map(V.data(), 3, 2, Eigen::OuterStride<>(2))), "overlaps V");
   CHECK((V.array() == 1.0f).all());
 }
+
+}  // namespace test_hostile

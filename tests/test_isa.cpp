@@ -6,6 +6,8 @@
 
 #include <cstdlib>
 
+namespace test_isa {  // this file's names, apart from the other files' in a unity build
+
 TEST_CASE("the ISA that runs is one the build has and the CPU supports", "[isa]") {
   const std::vector<sdpa::Isa> compiled = sdpa::compiled_isas();
   REQUIRE(!compiled.empty());
@@ -51,3 +53,5 @@ TEST_CASE("set_isa switches kernels and refuses what the build or CPU lacks", "[
   CHECK(sdpa::isa() == chosen);
   CHECK(std::string(sdpa::isa_name(sdpa::Isa::avx2)) == "avx2");
 }
+
+}  // namespace test_isa

@@ -7,6 +7,8 @@
 
 #include <thread>
 
+namespace test_kernels {  // this file's names, apart from the other files' in a unity build
+
 using namespace sdpa_test;
 
 namespace {
@@ -272,3 +274,5 @@ TEST_CASE("a second call started on the caller's thread while it waits does not 
     CHECK(inner == expected2);
   }
 }
+
+}  // namespace test_kernels

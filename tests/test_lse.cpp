@@ -3,6 +3,8 @@
 #include "catch.hpp"
 #include "support.hpp"
 
+namespace test_lse {  // this file's names, apart from the other files' in a unity build
+
 using namespace sdpa_test;
 
 namespace {
@@ -163,3 +165,5 @@ TEST_CASE("weights of any rows, reproduced from their LSE, equal attention_weigh
     CHECK((some - all.middleRows(5, 7)).cwiseAbs().maxCoeff() <= 1e-13);
   }
 }
+
+}  // namespace test_lse

@@ -3,6 +3,8 @@
 #include "catch.hpp"
 #include "support.hpp"
 
+namespace test_masks {  // this file's names, apart from the other files' in a unity build
+
 using namespace sdpa_test;
 
 namespace {
@@ -136,3 +138,5 @@ TEST_CASE("all masks at once", "[masks]") {
   for (Index i = 0; i < 45; ++i) c.mask.lengths[std::size_t(i)] = (i * 7) % 61;
   check_both(c);
 }
+
+}  // namespace test_masks

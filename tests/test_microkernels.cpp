@@ -9,6 +9,8 @@
 
 #include <sdpa/attention.hpp>
 
+namespace test_microkernels {  // this file's names, apart from the other files' in a unity build
+
 using namespace sdpa_test;
 
 namespace {
@@ -171,3 +173,5 @@ TEST_CASE("decode row tiles: scores and values read in place at every row count"
         for (Index r = rows; r < mk.decode_rows; ++r) CHECK(std::isnan(acc[std::size_t(r * d)]));
       }
 }
+
+}  // namespace test_microkernels

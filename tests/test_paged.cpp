@@ -4,6 +4,8 @@
 #include "catch.hpp"
 #include "support.hpp"
 
+namespace test_paged {  // this file's names, apart from the other files' in a unity build
+
 using namespace sdpa_test;
 
 namespace {
@@ -181,3 +183,5 @@ TEST_CASE("bad page tables, sequences and appends are rejected, changing nothing
   require_invalid([&] { (void)layer.step(six, cache, s); }, {"SelfAttention::step", "6 more exceed"});
   CHECK(cache.length(s) == 7);
 }
+
+}  // namespace test_paged

@@ -4,6 +4,8 @@
 
 #include <sdpa/attention.hpp>
 
+namespace test_pieces {  // this file's names, apart from the other files' in a unity build
+
 using namespace sdpa_test;
 
 namespace {
@@ -118,3 +120,5 @@ TEST_CASE("Auto picks the measured fastest path for the type and shape", "[piece
   CHECK(resolve_kernel<double>(Kernel::Simd, 64, 64) == Kernel::Blocked);         // no double microkernels
   CHECK(resolve_kernel<float>(Kernel::Blocked, 4, 4) == Kernel::Blocked);         // explicit choices stand
 }
+
+}  // namespace test_pieces

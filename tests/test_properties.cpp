@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <numeric>
 
+namespace test_properties {  // this file's names, apart from the other files' in a unity build
+
 using namespace sdpa_test;
 
 namespace {
@@ -101,3 +103,5 @@ TEST_CASE("permuting queries permutes the output rows exactly", "[properties]") 
     }
   }
 }
+
+}  // namespace test_properties

@@ -3,6 +3,8 @@
 #include "catch.hpp"
 #include "support.hpp"
 
+namespace test_self_attention {  // this file's names, apart from the other files' in a unity build
+
 using namespace sdpa_test;
 
 namespace {
@@ -217,3 +219,5 @@ TEST_CASE("cache misuse throws and leaves the cache as it was", "[layer][decode]
   CHECK(cache.length(0) == 3);
   throws([] { (void)sdpa::SelfAttention<float>::random(16, 4, 1, true, true, 3); }, "multiple of kv_heads (3)");
 }
+
+}  // namespace test_self_attention

@@ -5,6 +5,8 @@
 #include "catch.hpp"
 #include "support.hpp"
 
+namespace test_variants {  // this file's names, apart from the other files' in a unity build
+
 using namespace sdpa_test;
 
 namespace {
@@ -344,3 +346,5 @@ TEST_CASE("bad variants are rejected before anything is written", "[variants][er
   require_invalid([&] { (void)layer.forward(random_matrix<float>(3, 16, gen), per_head); },
                   {"options.alibi_slopes has 1 entries", "4 query heads"});
 }
+
+}  // namespace test_variants

@@ -4,6 +4,8 @@
 #include "catch.hpp"
 #include "support.hpp"
 
+namespace test_varlen {  // this file's names, apart from the other files' in a unity build
+
 using namespace sdpa_test;
 
 namespace {
@@ -116,3 +118,5 @@ TEST_CASE("bad offsets and padded-batch masks are rejected before anything is wr
   slopes.alibi_slopes = {0.5};
   rejects({0, 3, 7}, {0, 3, 7}, slopes, {"attention_varlen", "options.alibi_slopes has 1 entries", "4 query heads"});
 }
+
+}  // namespace test_varlen

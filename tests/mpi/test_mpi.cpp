@@ -5,14 +5,9 @@
 // distributed call on its shard, and checks its rows against the long-double reference of
 // the whole problem within the single-process tolerance plus the merge's (merge_tolerance).
 // Checks never abort a test case (CHECK, not REQUIRE): a rank that left a test early would
-// leave the others waiting in a collective. Test cases run in declaration order on every rank.
-#if __has_include(<catch2/catch_session.hpp>)
-#include <catch2/catch_session.hpp>
-#else
-#define CATCH_CONFIG_RUNNER
-#include <catch2/catch.hpp>
-#endif
-
+// leave the others waiting in a collective. Test cases run in declaration order on every rank
+// (tests/mpi/main.cpp, the runner).
+#include "../catch.hpp"
 #include "../support.hpp"
 
 #include <sdpa/mpi.hpp>
@@ -20,7 +15,6 @@
 #include <mpi.h>
 
 #include <algorithm>
-#include <cstdio>
 #include <numeric>
 #include <random>
 #include <string>
@@ -328,27 +322,4 @@ TEST_CASE("inconsistent arguments give the same error on every rank, before any 
     sdpa::mpi::ring_attention(MPI_COMM_WORLD, view(q, 2), view(k, 2), view(v, 2), out_view, shard, masked);
   }, {"key_lengths", "sequence_lengths"});
   CHECK(std::all_of(out.begin(), out.end(), [](float x) { return x == 0.0f; }));  // nothing written
-}
-
-int main(int argc, char* argv[]) {
-  MPI_Init(&argc, &argv);
-  std::uint64_t seed = 0;
-  if (world_rank() == 0) {
-    std::random_device device;
-    seed = std::getenv("SDPA_TEST_SEED") ? std::strtoull(std::getenv("SDPA_TEST_SEED"), nullptr, 10)
-                                          : (std::uint64_t(device()) << 32) | device();
-    std::printf("sdpa MPI tests on %d ranks: random seed %llu (rerun with SDPA_TEST_SEED=%llu)\n", world_size(),
-                (unsigned long long)seed, (unsigned long long)seed);
-  }
-  MPI_Bcast(&seed, 1, MPI_UINT64_T, 0, MPI_COMM_WORLD);
-  sdpa_test::set_seed(seed);
-  std::vector<char*> args(argv, argv + argc);
-  std::string order = "--order", decl = "decl";  // the same test cases in the same order on every rank
-  args.push_back(order.data());
-  args.push_back(decl.data());
-  int failed = Catch::Session().run(int(args.size()), args.data());
-  int any_failed = 0;
-  MPI_Allreduce(&failed, &any_failed, 1, MPI_INT, MPI_MAX, MPI_COMM_WORLD);
-  MPI_Finalize();
-  return any_failed ? 1 : 0;
 }
