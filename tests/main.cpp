@@ -18,21 +18,13 @@
 #include <sdpa/isa.hpp>
 
 #include <cstdio>
-#include <cstdlib>
-#include <random>
 
 namespace {
 constexpr int kSkipped = 77;
 }
 
 int main(int argc, char* argv[]) {
-  std::uint64_t seed;
-  if (const char* text = std::getenv("SDPA_TEST_SEED")) {
-    seed = std::strtoull(text, nullptr, 10);
-  } else {
-    std::random_device device;
-    seed = (std::uint64_t(device()) << 32) | device();
-  }
+  const std::uint64_t seed = sdpa_test::seed_from_environment();
   sdpa_test::set_seed(seed);
   std::printf("sdpa tests: random seed %llu (rerun with SDPA_TEST_SEED=%llu)\n", (unsigned long long)seed,
               (unsigned long long)seed);

@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
 #include <fstream>
 #include <initializer_list>
 #include <stdexcept>
@@ -34,6 +35,13 @@ inline std::uint64_t& seed_storage() {
   return seed;
 }
 inline void set_seed(std::uint64_t seed) { seed_storage() = seed; }
+/// The run's seed, as the runners (tests/main.cpp, tests/mpi/main.cpp) draw it: SDPA_TEST_SEED
+/// when set, otherwise a fresh one.
+inline std::uint64_t seed_from_environment() {
+  if (const char* text = std::getenv("SDPA_TEST_SEED")) return std::strtoull(text, nullptr, 10);
+  std::random_device device;
+  return (std::uint64_t(device()) << 32) | device();
+}
 /// A generator for one test: the run's seed mixed with a per-test salt.
 inline std::mt19937_64 rng(std::uint64_t salt) {
   std::seed_seq seq{std::uint32_t(seed_storage()), std::uint32_t(seed_storage() >> 32), std::uint32_t(salt),

@@ -14,8 +14,6 @@
 #include <mpi.h>
 
 #include <cstdio>
-#include <cstdlib>
-#include <random>
 #include <string>
 #include <vector>
 
@@ -26,9 +24,7 @@ int main(int argc, char* argv[]) {
   MPI_Comm_rank(MPI_COMM_WORLD, &rank);
   MPI_Comm_size(MPI_COMM_WORLD, &size);
   if (rank == 0) {
-    std::random_device device;
-    seed = std::getenv("SDPA_TEST_SEED") ? std::strtoull(std::getenv("SDPA_TEST_SEED"), nullptr, 10)
-                                          : (std::uint64_t(device()) << 32) | device();
+    seed = sdpa_test::seed_from_environment();
     std::printf("sdpa MPI tests on %d ranks: random seed %llu (rerun with SDPA_TEST_SEED=%llu)\n", size,
                 (unsigned long long)seed, (unsigned long long)seed);
   }
