@@ -5,7 +5,8 @@
 //
 // The kernels under test are those of sdpa::isa(): SDPA_ISA=<isa> picks them. When the build
 // has that ISA but this CPU does not, the run exits with kSkipped, which CTest reports as
-// "Skipped" under the test's name (SKIP_RETURN_CODE in tests/CMakeLists.txt).
+// "Skipped" under the test's name (SKIP_RETURN_CODE in tests/CMakeLists.txt); so does a run
+// whose SDPA_TEST_REQUIRES=avx512_bf16 the CPU or kernels cannot meet.
 #if __has_include(<catch2/catch_session.hpp>)
 #include <catch2/catch_session.hpp>
 #else
@@ -18,6 +19,8 @@
 #include <sdpa/isa.hpp>
 
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 
 namespace {
 constexpr int kSkipped = 77;
@@ -33,6 +36,11 @@ int main(int argc, char* argv[]) {
                 sdpa::detail::isa_list().c_str());
   } catch (const sdpa::unsupported_cpu& e) {
     std::printf("SKIPPED: %s\n", e.what());
+    return kSkipped;
+  }
+  if (const char* requires_ = std::getenv("SDPA_TEST_REQUIRES"); requires_ && std::string(requires_) == "avx512_bf16" &&
+      !sdpa::bf16_dot_products()) {
+    std::printf("SKIPPED: needs the AVX-512 kernels on a CPU with AVX512-BF16 (SDPA_TEST_REQUIRES=avx512_bf16)\n");
     return kSkipped;
   }
   return Catch::Session().run(argc, argv);

@@ -208,6 +208,34 @@ Wide stored_tolerance(Wide float_tolerance, Wide exact) {
   return float_tolerance + u * (std::fabs(exact) + float_tolerance) + tiny;
 }
 
+/// What bf16 weights add to an output's error when Q, K and V are bf16 and
+/// sdpa::bf16_dot_products() holds: that path rounds each weight p_ij to bf16 (relative error at
+/// most u = 2^-8) before P V, which moves an output by at most u sum_j p_ij |v_jc| <=
+/// u value_magnitude; doubled, as tolerance() doubles its first-order terms. 0 otherwise.
+template <class Q, class S>
+bool may_round_weights() {
+  return std::is_same_v<Q, Eigen::bfloat16> && std::is_same_v<S, Eigen::bfloat16> && sdpa::bf16_dot_products();
+}
+template <class Q, class S>
+Wide rounded_weights_tolerance(const Expected& e, Index i) {
+  if (!may_round_weights<Q, S>()) return 0;
+  return 2 * std::ldexp(Wide(1), -8) * e.value_magnitude[std::size_t(i)];
+}
+
+/// Runs f() with bf16 attention widened to float (set_bf16_dot_products(false)), then, where
+/// the CPU has AVX512-BF16, again on vdpbf16ps; restores the setting.
+template <class F>
+void with_each_bf16_dot_setting(F&& f) {
+  const bool was = sdpa::detail::bf16_dot_allowed().load();
+  sdpa::set_bf16_dot_products(false);
+  f();
+  if (sdpa::detail::cpu_has_avx512_bf16()) {
+    sdpa::set_bf16_dot_products(true);
+    f();
+  }
+  sdpa::detail::bf16_dot_allowed().store(was);
+}
+
 /// Checks every element of `got` against the reference within the row's tolerance and
 /// reports the worst element when one is out.
 template <class T>

@@ -3,7 +3,8 @@
 // decode row tiles, against double-precision loops, with tolerances from the error bound
 // of a float dot product (|error| <= n eps sum |a_i b_i|, Higham's gamma_n, doubled for
 // safety). Output rows past the height hold NaN and must stay NaN: a microkernel of height
-// h writes h rows. CTest runs this file once per ISA the build has (SDPA_ISA).
+// h writes h rows. CTest runs this file once per ISA the build has (SDPA_ISA), and its bf16
+// case on the AVX-512 kernels with AVX512-BF16.
 #include "catch.hpp"
 #include "support.hpp"
 
@@ -174,6 +175,60 @@ TEST_CASE("decode row tiles: scores and values read in place at every row count"
                       &p[std::size_t(r * s_ld)], 1, &v[std::size_t(c)], ld, keys);
           }
         for (Index r = rows; r < most; ++r) CHECK(std::isnan(acc[std::size_t(r * d)]));
+      }
+}
+
+// CTest runs this case as sdpa.microkernels_bf16.<isa> (skipped, by name, where the CPU lacks
+// AVX512-BF16). Bf16 inputs have no denormals here: what is left is float accumulation of
+// exact products, and for P V the weights rounded to bf16, which the expected sum does too.
+TEST_CASE("bf16 microkernels (AVX512-BF16): scores and P V through their packing, at every size", "[microkernels_bf16]") {
+  const auto mk = under_test();
+  REQUIRE(mk.bf16_scores != nullptr);
+  REQUIRE(mk.bf16_accumulate != nullptr);
+  using bf16 = Eigen::bfloat16;
+  const auto rounded = [](const std::vector<float>& x) {
+    std::vector<bf16> y(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) y[i] = bf16(x[i]);
+    return y;
+  };
+  const auto widened = [](const std::vector<bf16>& x) {
+    std::vector<float> y(x.size());
+    for (std::size_t i = 0; i < x.size(); ++i) y[i] = float(x[i]);
+    return y;
+  };
+  auto gen = rng(15);
+  const float scale = 0.25f;  // a power of 2: s / scale is exact
+  for (Index rows = 1; rows <= 2 * mk.rows + 1; ++rows)  // whole register blocks and remainders
+    for (const Index keys : {Index(1), Index(5), Index(64), Index(70)})
+      for (const Index d : {Index(1), Index(2), Index(17), Index(64)}) {  // odd d: a half-empty last pair
+        CAPTURE(rows, keys, d);
+        const auto q = rounded(random_floats(std::size_t(rows * d), gen));
+        const auto k = rounded(random_floats(std::size_t(keys * d), gen));
+        const std::vector<float> qf = widened(q), kf = widened(k);
+        const Index s_ld = keys + 1;
+        std::vector<float> s(std::size_t((rows + 1) * s_ld), kNaN);
+        mk.bf16_scores(rows, q.data(), d, k.data(), keys, scale, s.data(), s_ld);
+        for (Index r = 0; r < rows; ++r)
+          for (Index c = 0; c < keys; ++c)
+            check_dot(s[std::size_t(r * s_ld + c)] / scale, 0.0, false, &qf[std::size_t(r * d)], 1,
+                      &kf[std::size_t(c * d)], 1, d);
+        CHECK(std::isnan(s[std::size_t(rows * s_ld)]));
+
+        const auto p = random_floats(std::size_t(rows * keys), gen, 0, 1), rescale = random_floats(std::size_t(rows), gen, 0, 1);
+        std::vector<float> p_rounded(p.size());
+        for (std::size_t i = 0; i < p.size(); ++i) p_rounded[i] = float(bf16(p[i]));
+        const auto v = rounded(random_floats(std::size_t(keys * d), gen));
+        const std::vector<float> vf = widened(v);
+        const Index acc_ld = d + 1;
+        std::vector<float> acc = random_floats(std::size_t((rows + 1) * acc_ld), gen);
+        acc[std::size_t(rows * acc_ld)] = kNaN;
+        const std::vector<float> before = acc;
+        mk.bf16_accumulate(rows, p.data(), keys, keys, v.data(), d, rescale.data(), acc.data(), acc_ld);
+        for (Index r = 0; r < rows; ++r)
+          for (Index c = 0; c < d; ++c)
+            check_dot(acc[std::size_t(r * acc_ld + c)], double(rescale[std::size_t(r)]) * before[std::size_t(r * acc_ld + c)],
+                      true, &p_rounded[std::size_t(r * keys)], 1, &vf[std::size_t(c)], d, keys);
+        CHECK(std::isnan(acc[std::size_t(rows * acc_ld)]));
       }
 }
 

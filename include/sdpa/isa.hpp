@@ -1,7 +1,8 @@
 // sdpa/isa.hpp - which instruction set runs the kernels: what the build has, what the CPU
 // has, which one runs, and how to choose another.
 /// \file
-/// Which instruction set runs the kernels: Isa, isa(), set_isa(), cpu_supports(), compiled_isas().
+/// Which instruction set runs the kernels: Isa, isa(), set_isa(), cpu_supports(), compiled_isas(), and
+/// whether bf16 attention uses AVX512-BF16: bf16_dot_products(), set_bf16_dot_products().
 #pragma once
 
 #include "config.hpp"
@@ -53,13 +54,12 @@ SDPA_BASELINE_CODE inline const char* isa_name(Isa isa) {
 }
 
 namespace detail {
-/// SDPA_CPU_DISABLE=avx512[,avx2,...] in the environment: behave as if the CPU lacked those
+/// SDPA_CPU_DISABLE=avx512[,avx2,avx512_bf16,...] in the environment: behave as if the CPU lacked those
 /// ISAs (to try the AVX2 path of a dispatch build on an AVX-512 machine, or to see the error a
 /// static build gives on an older CPU, as the tests do).
-SDPA_BASELINE_CODE inline bool disabled_by_environment(Isa isa) {
+SDPA_BASELINE_CODE inline bool disabled_by_environment(const char* name) {
   const char* list = std::getenv("SDPA_CPU_DISABLE");
   if (!list) return false;
-  const char* name = isa_name(isa);
   const std::size_t length = std::strlen(name);
   for (const char* item = list;; ++item) {  // the comma-separated names, one at a time
     const std::size_t item_length = std::strcspn(item, ",");
@@ -68,6 +68,7 @@ SDPA_BASELINE_CODE inline bool disabled_by_environment(Isa isa) {
     if (*item == '\0') return false;
   }
 }
+SDPA_BASELINE_CODE inline bool disabled_by_environment(Isa isa) { return disabled_by_environment(isa_name(isa)); }
 
 #if SDPA_ARCH_X86_64 && (defined(__GNUC__) || defined(__clang__))
 /// F16C (the fp16 <-> float conversions), read from cpuid: GCC 12's __builtin_cpu_supports
@@ -75,6 +76,12 @@ SDPA_BASELINE_CODE inline bool disabled_by_environment(Isa isa) {
 SDPA_BASELINE_CODE inline bool cpu_has_f16c() {
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & bit_F16C) != 0;
+}
+/// AVX512-BF16 (vdpbf16ps), cpuid leaf 7 subleaf 1, EAX bit 5 (GCC 12's and Clang 14's
+/// __builtin_cpu_supports do not agree on its name).
+SDPA_BASELINE_CODE inline bool cpu_has_avx512_bf16() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 5)) != 0;
 }
 #endif
 }  // namespace detail
@@ -199,6 +206,44 @@ inline Isa isa() { return detail::active_isa().load(std::memory_order_relaxed); 
 inline void set_isa(Isa isa) {
   const Isa checked = detail::checked_isa(isa, "set_isa");
   detail::active_isa().store(checked, std::memory_order_relaxed);
+}
+
+namespace detail {
+/// Whether bf16_dot_products() may be true: the CPU has AVX512-BF16 and SDPA_CPU_DISABLE does not
+/// name avx512_bf16; set_bf16_dot_products changes it.
+inline std::atomic<bool>& bf16_dot_allowed() {
+#if SDPA_ARCH_X86_64 && (defined(__GNUC__) || defined(__clang__))
+  static std::atomic<bool> allowed{cpu_has_avx512_bf16() && !disabled_by_environment("avx512_bf16")};
+#else
+  static std::atomic<bool> allowed{false};
+#endif
+  return allowed;
+}
+}  // namespace detail
+
+/// True when attention on bf16 queries, keys and values (prefill: more than a few query rows)
+/// takes both of its products with AVX512-BF16's vdpbf16ps, 32 multiply-adds per instruction
+/// against 16 for float FMAs: this build has the AVX-512 kernels, isa() is avx512, the CPU
+/// has AVX512-BF16, and neither SDPA_CPU_DISABLE=avx512_bf16 nor set_bf16_dot_products(false)
+/// turned it off. The weights are then rounded to bf16 before they multiply V, as in PyTorch's
+/// and oneDNN's bf16 attention, which adds at most 2^-8 sum_j p_j |v_j| to an output (README,
+/// "Half precision"); otherwise bf16 is widened to float and computed as float is, bit for bit.
+inline bool bf16_dot_products() {
+  return SDPA_TARGET_AVX512 && isa() == Isa::avx512 && detail::bf16_dot_allowed().load(std::memory_order_relaxed);
+}
+
+/// Turns the vdpbf16ps path (bf16_dot_products) on or off for later calls. Turning it on
+/// throws sdpa::unsupported_cpu when the CPU lacks AVX512-BF16. Not meant to be called while
+/// other threads run attention.
+inline void set_bf16_dot_products(bool on) {
+#if SDPA_ARCH_X86_64 && (defined(__GNUC__) || defined(__clang__))
+  const bool supported = detail::cpu_has_avx512_bf16();
+#else
+  const bool supported = false;
+#endif
+  if (on && !supported)
+    throw unsupported_cpu("sdpa: set_bf16_dot_products(true) asks for AVX512-BF16, but this CPU does not support it");
+  detail::bf16_dot_allowed().store(on, std::memory_order_relaxed);
 }
 
 SDPA_END_NAMESPACE

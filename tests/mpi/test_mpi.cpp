@@ -116,7 +116,8 @@ void check_rows(const Problem& p, const std::vector<float>& q, const std::vector
             const double x = double(got[std::size_t(((b * n_local + local) * p.heads + h) * p.dv + c)]);
             finite = finite && std::isfinite(x);
             const Wide tol = stored_tolerance<T>(
-                tolerance<float>(e, i, p.tokens, p.dk) + merge_tolerance(e, i, pieces), e.out(i, c));
+                tolerance<float>(e, i, p.tokens, p.dk) + merge_tolerance(e, i, pieces) + rounded_weights_tolerance<T, T>(e, i),
+                e.out(i, c));
             worst = std::max(worst, std::fabs(Wide(x) - e.out(i, c)) / tol);
             // One process's result (within its own tolerance of the reference): within both.
             const Wide one = single[std::size_t(((b * p.tokens + i) * p.heads + h) * p.dv + c)];

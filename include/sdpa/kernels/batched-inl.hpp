@@ -162,13 +162,32 @@ bool decode_groups(const TensorView<const Q>& q, const TensorView<const S>& k, c
   return true;
 }
 
-/// The Simd path over a batch: grouped decoding when it applies, the decode microkernels for
-/// a few queries per head, the packed ones otherwise.
+// The Simd path's entries: which Micro runs a call. The decode microkernels (RowTiles) for a
+// few query rows per head; otherwise the packed ones, on vdpbf16ps (Bf16Tiles) for bf16 Q, K
+// and V where sdpa::bf16_dot_products() says so, in float (SimdTiles) for the rest.
+
+/// out = softmax(scale Q K^T + mask) V with this target's vector microkernels, for float or
+/// 16-bit storage (computed in float). Inputs already validated.
+template <class Q, class S, class O>
+void simd_attention(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<O> out,
+                    double scale, const detail::HeadMasks& masks, const Options& options, float* lse = nullptr) {
+  if (RowTiles<Arch, S>::fits(q.rows, q.cols, out.cols))
+    return tiled_attention<RowTiles<Arch, S>>(q, k, v, out, lse, scale, masks, options);
+  if constexpr (bf16_dot<Q, S>) {
+    if (bf16_dot_products()) return tiled_attention<Bf16Tiles<Arch>>(q, k, v, out, lse, scale, masks, options);
+  }
+  tiled_attention<SimdTiles<Arch, S>>(q, k, v, out, lse, scale, masks, options);
+}
+
+/// The Simd path over a batch: grouped decoding when it applies, then as simd_attention.
 template <class Q, class S>
 void simd_batched(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
                   const TensorView<Q>& out, double scale, const Options& options) {
   if (decode_groups(q, k, v, out, scale, options)) return;
   if (RowTiles<Arch, S>::fits(q.tokens, q.features, out.features))
     return batched_tiled<RowTiles<Arch, S>>(q, k, v, out, scale, options);
+  if constexpr (bf16_dot<Q, S>) {
+    if (bf16_dot_products()) return batched_tiled<Bf16Tiles<Arch>>(q, k, v, out, scale, options);
+  }
   batched_tiled<SimdTiles<Arch, S>>(q, k, v, out, scale, options);
 }

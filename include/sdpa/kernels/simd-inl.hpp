@@ -85,17 +85,14 @@ SDPA_ALWAYS_INLINE void score_block(const float* q, Index dk, const float* kt, I
     for (int c = 0; c < C; ++c) acc[r][c].store(s + r * s_ld + c * V::width);
 }
 
-// The scores of R rows against a whole key tile (C W keys), changed by the per-score
+// Scores of R rows against a whole key tile (C W keys), in registers, changed by the per-score
 // variants (change(r, c, s) for vector c of row r: the soft cap, ALiBi) and folded into the
-// rows' online softmax while still in registers: stores p = 2^(s - max) and each row's
-// rescale factor. Same operations in the same order as OnlineSoftmaxRow::absorb, so the
-// same results.
+// rows' online softmax: stores p = 2^(s - max) and each row's rescale factor. Same operations
+// in the same order as OnlineSoftmaxRow::absorb, so the same results. (The second half of
+// score_softmax_block, and of the bf16 microkernel's, bf16_tiles-inl.hpp.)
 template <class V, int R, int C, class Change>
-SDPA_ALWAYS_INLINE void score_softmax_block(const float* q, Index dk, const float* kt, Index kt_ld, float* p,
-                                            Index p_ld, OnlineSoftmaxRow<V>* states, float* rescale,
-                                            const Change& change) {
-  V s[R][C];
-  score_registers<V, R, C>(q, dk, kt, kt_ld, s);
+SDPA_ALWAYS_INLINE void softmax_registers(V (&s)[R][C], float* p, Index p_ld, OnlineSoftmaxRow<V>* states,
+                                          float* rescale, const Change& change) {
   SDPA_UNROLL
   for (int r = 0; r < R; ++r)
     SDPA_UNROLL
@@ -118,6 +115,17 @@ SDPA_ALWAYS_INLINE void score_softmax_block(const float* q, Index dk, const floa
     states[r].add(tile_sum, row_rescale);
     rescale[r] = states[r].first_lane(row_rescale);
   }
+}
+
+// The scores of R rows against a whole key tile, folded into the rows' online softmax while
+// still in registers (softmax_registers).
+template <class V, int R, int C, class Change>
+SDPA_ALWAYS_INLINE void score_softmax_block(const float* q, Index dk, const float* kt, Index kt_ld, float* p,
+                                            Index p_ld, OnlineSoftmaxRow<V>* states, float* rescale,
+                                            const Change& change) {
+  V s[R][C];
+  score_registers<V, R, C>(q, dk, kt, kt_ld, s);
+  softmax_registers<V, R, C>(s, p, p_ld, states, rescale, change);
 }
 
 // acc (R, C W) = rescale * acc + p (R, keys) v (keys, features [col, col + C W)): v rows at
@@ -402,14 +410,3 @@ class RowTiles {
 
   View k_, v_;
 };
-
-/// out = softmax(scale Q K^T + mask) V with this target's vector microkernels, for float or
-/// 16-bit storage (computed in float). Inputs already validated.
-template <class Q, class S, class O>
-void simd_attention(MatrixView<const Q> q, MatrixView<const S> k, MatrixView<const S> v, MatrixView<O> out,
-                    double scale, const detail::HeadMasks& masks, const Options& options, float* lse = nullptr) {
-  if (RowTiles<Arch, S>::fits(q.rows, q.cols, out.cols))
-    return tiled_attention<RowTiles<Arch, S>>(q, k, v, out, lse, scale, masks, options);
-  tiled_attention<SimdTiles<Arch, S>>(q, k, v, out, lse, scale, masks, options);
-}
-

@@ -8,6 +8,7 @@
 #include "tiled_loop-inl.hpp"
 #include "blocked-inl.hpp"
 #include "simd-inl.hpp"
+#include "bf16_tiles-inl.hpp"
 #include "batched-inl.hpp"
 #include "testing-inl.hpp"
 #include "entry-inl.hpp"

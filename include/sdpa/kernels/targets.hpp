@@ -62,12 +62,19 @@ struct MicrokernelSet {
   /// decoding: acc (rows, d_v) = rescale acc + p V with V's rows read in place; d_v a multiple of W
   void (*row_accumulate)(Index rows, const float* p, Index p_ld, Index keys, const float* v, Index v_ld, Index dv,
                          const float* rescale, float* acc);
+  /// AVX512-BF16's microkernels (Bf16Tiles), through its packing; null in the targets without
+  /// them. Scores: s (rows, keys) = scale q k^T, for q (rows, d_k) and k (keys, d_k) rows of bf16.
+  void (*bf16_scores)(Index rows, const Eigen::bfloat16* q, Index dk, const Eigen::bfloat16* k, Index keys,
+                      float scale, float* s, Index s_ld) = nullptr;
+  /// acc (rows, d_v) = rescale acc + bf16(p) (rows, keys) v (keys, d_v), v rows of bf16
+  void (*bf16_accumulate)(Index rows, const float* p, Index p_ld, Index keys, const Eigen::bfloat16* v, Index dv,
+                          const float* rescale, float* acc, Index acc_ld) = nullptr;
   /// elementwise over n floats (n a multiple of width): 2^x, e^x, tanh x, max(x, 1), min(x, 1)
-  void (*exp2)(const float* x, float* y, Index n);
-  void (*exp)(const float* x, float* y, Index n);
-  void (*tanh)(const float* x, float* y, Index n);
-  void (*max_with_one)(const float* x, float* y, Index n);
-  void (*min_with_one)(const float* x, float* y, Index n);
+  void (*exp2)(const float* x, float* y, Index n) = nullptr;
+  void (*exp)(const float* x, float* y, Index n) = nullptr;
+  void (*tanh)(const float* x, float* y, Index n) = nullptr;
+  void (*max_with_one)(const float* x, float* y, Index n) = nullptr;
+  void (*min_with_one)(const float* x, float* y, Index n) = nullptr;
 };
 
 }  // namespace kernels

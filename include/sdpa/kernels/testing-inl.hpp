@@ -73,15 +73,61 @@ inline V tanh_of(V x) {  // with the exp2 of the kernels' soft cap
 inline V max_with_one(V x) { return max(x, V::broadcast(1.0f)); }
 inline V min_with_one(V x) { return min(x, V::broadcast(1.0f)); }
 
-inline MicrokernelSet set() {
-  return {V::width,           R,
-          C,                  RowTiles<Arch>::max_rows,
-          &score_block,       &score_softmax_block,
-          &value_block,       &row_scores,
-          &row_accumulate,    &elementwise<exp2_of>,
-          &elementwise<exp_of>, &elementwise<tanh_of>,
-          &elementwise<max_with_one>,
-          &elementwise<min_with_one>};
+// Bf16Tiles' scores and P V over one key tile of `keys`, through its own packing; the results
+// are copied out of its padded tiles. (Templates: instantiated in the AVX-512 target only.)
+template <class A = Arch>
+void bf16_scores(Index rows, const Eigen::bfloat16* q, Index dk, const Eigen::bfloat16* k, Index keys, float scale,
+                 float* s, Index s_ld) {
+  using Tiles = Bf16Tiles<A>;
+  const MatrixView<const Eigen::bfloat16> k_view(k, keys, dk, dk);
+  const BlockConfig blocks{rows, keys};
+  std::vector<float> packed(std::size_t(Tiles::packed_size(k_view, k_view, blocks)));
+  const Tiles tiles(k_view, k_view, blocks, packed.data());
+  tiles.pack(k_view, k_view, 0, tiles.pack_tiles(k_view));
+  std::vector<float> q_rows(std::size_t(rows * dk));
+  for (Index i = 0; i < rows * dk; ++i) q_rows[std::size_t(i)] = float(q[i]);
+  const Index ld = round_up(keys, Tiles::key_multiple);
+  std::vector<float> tile(std::size_t(rows * ld));
+  tiles.scores(tiles.prepare_queries(q_rows.data(), rows, scale), rows, 0, keys, tile.data(), ld);
+  for (Index r = 0; r < rows; ++r) std::copy_n(tile.data() + r * ld, keys, s + r * s_ld);
+}
+
+template <class A = Arch>
+void bf16_accumulate(Index rows, const float* p, Index p_ld, Index keys, const Eigen::bfloat16* v, Index dv,
+                     const float* rescale, float* acc, Index acc_ld) {
+  using Tiles = Bf16Tiles<A>;
+  const MatrixView<const Eigen::bfloat16> v_view(v, keys, dv, dv);
+  const BlockConfig blocks{rows, keys};
+  std::vector<float> packed(std::size_t(Tiles::packed_size(v_view, v_view, blocks)));
+  const Tiles tiles(v_view, v_view, blocks, packed.data());
+  tiles.pack(v_view, v_view, 0, tiles.pack_tiles(v_view));
+  const Index ld = round_up(keys, Tiles::key_multiple), padded = tiles.accumulator_cols();
+  std::vector<float> weights(std::size_t(rows * ld), 0.0f), sums(std::size_t(rows * padded), 0.0f);
+  for (Index r = 0; r < rows; ++r) {
+    std::copy_n(p + r * p_ld, keys, weights.data() + r * ld);
+    std::copy_n(acc + r * acc_ld, dv, sums.data() + r * padded);
+  }
+  tiles.accumulate(weights.data(), rows, ld, 0, keys, rescale, sums.data());
+  for (Index r = 0; r < rows; ++r) std::copy_n(sums.data() + r * padded, dv, acc + r * acc_ld);
+}
+
+template <class A = Arch>
+MicrokernelSet set() {
+  MicrokernelSet microkernel_set{V::width, R,
+                                C, RowTiles<A>::max_rows,
+                                &score_block, &score_softmax_block,
+                                &value_block, &row_scores,
+                                &row_accumulate};
+  if constexpr (bf16_dot<Eigen::bfloat16, Eigen::bfloat16>) {
+    microkernel_set.bf16_scores = &bf16_scores<A>;
+    microkernel_set.bf16_accumulate = &bf16_accumulate<A>;
+  }
+  microkernel_set.exp2 = &elementwise<exp2_of>;
+  microkernel_set.exp = &elementwise<exp_of>;
+  microkernel_set.tanh = &elementwise<tanh_of>;
+  microkernel_set.max_with_one = &elementwise<max_with_one>;
+  microkernel_set.min_with_one = &elementwise<min_with_one>;
+  return microkernel_set;
 }
 
 }  // namespace testing

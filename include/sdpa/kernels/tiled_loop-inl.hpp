@@ -28,6 +28,15 @@
 ///   fused_softmax(q_tile, rows, j0, keys, p, ld, states, rescale):
 ///       scores and their online-softmax step in one pass over an unmasked tile, returning
 ///       false when it cannot take this tile (then scores + absorb run instead).
+/// A Micro may also provide prepare_queries(q_tile, rows, scale), which takes the tile's
+/// queries unscaled and returns what its scores and fused_softmax take in place of q_tile
+/// (Bf16Tiles: the queries as bf16 pairs, and the scale for the float scores).
+
+/// Whether Micro has prepare_queries.
+template <class Micro, class = void>
+inline constexpr bool prepares_queries = false;
+template <class Micro>
+inline constexpr bool prepares_queries<Micro, std::void_t<decltype(&Micro::prepare_queries)>> = true;
 
 /// Row i of a head computed again by the reference path: its output into `out` (d_v values of
 /// T) and its natural LSE. The fallback for rows that did not come out finite
@@ -65,7 +74,8 @@ class TiledHead {
             const detail::HeadMasks& masks, const Micro& micro, const BlockConfig& blocks)
       : q_(q), k_(k), v_(v), out_(out), lse_(lse), nk_(k.rows), scale_(scale), micro_(micro), blocks_(blocks),
         mask_(masks, q.rows, k.rows, kLog2e), natural_mask_(masks, q.rows, k.rows, T(1)),
-        query_scale_(T(scale * double(kLog2e))), score_ld_(round_up(blocks.key_rows, Micro::key_multiple)),
+        query_scale_(T(scale * double(kLog2e))), query_factor_(prepares_queries<Micro> ? T(1) : query_scale_),
+        score_ld_(round_up(blocks.key_rows, Micro::key_multiple)),
         acc_ld_(micro.accumulator_cols()), changes_(mask_.changes_scores()),
         chunk_keys_(std::max<Index>(1, kChunkKeys / blocks.key_rows) * blocks.key_rows) {
     for (int lane = 0; lane < V::width; ++lane) lanes_[lane] = T(lane);
@@ -89,7 +99,7 @@ class TiledHead {
     Index keys_begin = nk_, keys_end = 0;  // some row sees keys in [keys_begin, keys_end)
     Index band_begin = 0, band_end = nk_;  // every row sees keys in [band_begin, band_end)
     for (Index r = 0; r < n_rows; ++r) {
-      q_.read_row(i0 + r, query_scale_, q_tile + r * dk);
+      q_.read_row(i0 + r, query_factor_, q_tile + r * dk);
       std::fill(acc + r * acc_ld_, acc + (r + 1) * acc_ld_, T(0));
       rows[r] = {};
       keys_begin = std::min(keys_begin, mask_.key_begin(i0 + r));
@@ -100,6 +110,8 @@ class TiledHead {
       alibi[bq + r] = T(mask_.alibi_origin(i0 + r));
     }
 
+    const auto queries = prepared_queries(q_tile, n_rows);
+
     // key tiles from the first one some row sees (tiles stay aligned to multiples of Bk)
     const Index first = keys_begin / blocks_.key_rows * blocks_.key_rows;
     for (Index j0 = first, chunk_end = first + chunk_keys_; j0 < keys_end; j0 += blocks_.key_rows) {
@@ -109,8 +121,8 @@ class TiledHead {
       }
       const Index n_keys = std::min(blocks_.key_rows, nk_ - j0);
       const bool masked = j0 < band_begin || j0 + n_keys > band_end || mask_.elementwise();
-      if (masked || !fused_softmax(j0, n_keys, q_tile, n_rows, s, rows, rescale, alibi, alibi + bq)) {
-        micro_.scores(q_tile, n_rows, j0, n_keys, s, score_ld_);
+      if (masked || !fused_softmax(j0, n_keys, queries, n_rows, s, rows, rescale, alibi, alibi + bq)) {
+        micro_.scores(queries, n_rows, j0, n_keys, s, score_ld_);
         for (Index r = 0; r < n_rows; ++r) {
           T* s_row = s + r * score_ld_;
           if (masked || changes_) change_scores(i0 + r, j0, n_keys, s_row);
@@ -142,10 +154,20 @@ class TiledHead {
     bool used;
   };
 
+  /// The query tile as the Micro's products take it: rows of scaled queries, or what
+  /// Micro::prepare_queries makes of the unscaled ones.
+  auto prepared_queries(const T* q_tile, Index n_rows) const {
+    if constexpr (prepares_queries<Micro>)
+      return micro_.prepare_queries(q_tile, n_rows, query_scale_);
+    else
+      return q_tile;
+  }
+
   /// The Micro's fused score-softmax step over an unmasked tile, with the soft cap and ALiBi
   /// applied to each vector of scores in registers when there are any. `steps` and `origins`:
   /// each row's ALiBi step (-slope, 0 = none) and i' - j at key 0.
-  bool fused_softmax(Index j0, Index n_keys, const T* q_tile, Index n_rows, T* s, OnlineSoftmaxRow<V>* rows,
+  template <class Queries>
+  bool fused_softmax(Index j0, Index n_keys, const Queries& q_tile, Index n_rows, T* s, OnlineSoftmaxRow<V>* rows,
                      T* rescale, const T* steps, const T* origins) const {
     if (!changes_)
       return micro_.fused_softmax(q_tile, n_rows, j0, n_keys, s, score_ld_, rows, rescale,
@@ -251,6 +273,7 @@ class TiledHead {
   BlockConfig blocks_;
   detail::MaskPolicy<T> mask_, natural_mask_;
   T query_scale_;
+  T query_factor_;  // what the tile's queries are read times: query_scale_, or 1 for prepare_queries
   Index score_ld_, acc_ld_;
   bool changes_;  // the soft cap or ALiBi changes every score
   Index chunk_keys_;
