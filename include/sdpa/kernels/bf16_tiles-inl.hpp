@@ -17,9 +17,15 @@
 // the score microkernel for whole key tiles as on the float path.
 //
 // A per-target file (see simd/exp-inl.hpp): included by kernels/targets.hpp only, and compiled
-// only in the AVX-512 target (bf16_dot<Q, S>), inside attributes that add AVX512-BF16 to it.
+// only in the AVX-512 target (SDPA_IN_AVX512_TARGET), inside attributes that add AVX512-BF16 to
+// it; its kernels run only where the CPU has AVX512-BF16 (sdpa::bf16_dot_products()).
 
-#if SDPA_TARGET_AVX512
+#if defined(SDPA_IN_AVX512_TARGET)
+// Clang applies only the outermost target attribute of nested pushes: the AVX-512 target's own
+// (dispatch mode) is closed here and reopened at the end.
+#if defined(__clang__) && !SDPA_BUILD_AVX512
+SDPA_TARGET_END
+#endif
 SDPA_TARGET_BEGIN(SDPA_FEATURES_AVX512 ",avx512bf16")
 
 /// Whether a call of Q and K/V storage types may take the vdpbf16ps microkernels in this target.
@@ -32,7 +38,6 @@ namespace bf16_microkernels {
 using V = simd::Vec<float, simd::avx512>;
 using Pair = std::uint32_t;  // two bf16 values, the first in the low half (how vdpbf16ps reads them)
 
-SDPA_ALWAYS_INLINE std::uint32_t bits(Eigen::bfloat16 x) { return Eigen::numext::bit_cast<std::uint16_t>(x); }
 SDPA_ALWAYS_INLINE Pair pair(std::uint32_t low, std::uint32_t high) { return low | high << 16; }
 SDPA_ALWAYS_INLINE V dot_pairs(V acc, __m512i a, Pair b) {
   return {_mm512_dpbf16_ps(acc.v, (__m512bh)a, (__m512bh)_mm512_set1_epi32(int(b)))};
@@ -137,25 +142,32 @@ class Bf16Tiles {
 
   Index pack_tiles(const KeyView& k) const { return (k.rows + key_rows_ - 1) / key_rows_; }
 
-  /// Key tiles [first, end) of K and V, as pairs (zeros past the keys and features).
+  /// Key tiles [first, end) of K and V, as pairs (zeros past the keys and features). Rows are
+  /// prefetched a few ahead: K and V are read once per call, mostly from DRAM, row by row.
   void pack(const KeyView& k, const KeyView& v, Index first, Index end) const {
-    using bf16_microkernels::bits;
-    using bf16_microkernels::pair;
+    constexpr Index kAhead = 8;
     for (Index t = first; t < end; ++t) {
       const Index j0 = t * key_rows_, keys = std::min(key_rows_, k.rows - j0);
       Pair* panel = packed_k_ + t * key_pairs_ * panel_ld_;
       for (Index e = 0; e < key_pairs_; ++e) std::fill(panel + e * panel_ld_ + keys, panel + (e + 1) * panel_ld_, Pair(0));
       for (Index c = 0; c < keys; ++c) {
-        const Eigen::bfloat16* row = k.row(j0 + c);
-        for (Index e = 0; e < key_pairs_; ++e)
-          panel[e * panel_ld_ + c] = pair(bits(row[2 * e]), 2 * e + 1 < dk_ ? bits(row[2 * e + 1]) : 0);
+        if (c + kAhead < keys) prefetch(k.row(j0 + c + kAhead), dk_);
+        const std::uint16_t* row = halves(k.row(j0 + c));
+        for (Index e = 0; e < dk_ / 2; ++e) panel[e * panel_ld_ + c] = row[2 * e] | Pair(row[2 * e + 1]) << 16;
+        if (dk_ % 2) panel[(key_pairs_ - 1) * panel_ld_ + c] = row[dk_ - 1];
       }
       Pair* values = packed_v_ + t * pairs(key_rows_) * acc_ld_;
       for (Index j = 0; j < pairs(keys); ++j) {
-        const Eigen::bfloat16* first_row = v.row(j0 + 2 * j);
-        const Eigen::bfloat16* second_row = 2 * j + 1 < keys ? v.row(j0 + 2 * j + 1) : nullptr;
-        for (Index f = 0; f < acc_ld_; ++f)
-          values[j * acc_ld_ + f] = f < dv_ ? pair(bits(first_row[f]), second_row ? bits(second_row[f]) : 0) : 0;
+        if (2 * (j + kAhead) + 1 < keys) prefetch(v.row(j0 + 2 * (j + kAhead)), dv_), prefetch(v.row(j0 + 2 * (j + kAhead) + 1), dv_);
+        Pair* to = values + j * acc_ld_;
+        const std::uint16_t* low = halves(v.row(j0 + 2 * j));
+        if (2 * j + 1 < keys) {
+          const std::uint16_t* high = halves(v.row(j0 + 2 * j + 1));
+          for (Index f = 0; f < dv_; ++f) to[f] = low[f] | Pair(high[f]) << 16;
+        } else {
+          for (Index f = 0; f < dv_; ++f) to[f] = low[f];
+        }
+        std::fill(to + dv_, to + acc_ld_, Pair(0));
       }
     }
   }
@@ -228,6 +240,12 @@ class Bf16Tiles {
   }
 
  private:
+  /// A bf16 row's bits (Eigen::bfloat16 is a struct holding them, as its bit_cast reads it).
+  static const std::uint16_t* halves(const Eigen::bfloat16* row) { return reinterpret_cast<const std::uint16_t*>(row); }
+  static void prefetch(const Eigen::bfloat16* row, Index n) {
+    for (Index byte = 0; byte < n * Index(sizeof(Eigen::bfloat16)); byte += 64)
+      __builtin_prefetch(reinterpret_cast<const char*>(row) + byte);
+  }
   static std::uint32_t bits_of(float x) { return Eigen::numext::bit_cast<std::uint32_t>(x) >> 16; }  // x: a bf16 value
 
   Index dk_, dv_, key_pairs_, key_rows_, panel_ld_, acc_ld_;
@@ -236,7 +254,10 @@ class Bf16Tiles {
 };
 
 SDPA_TARGET_END
-#else  // no AVX-512 target here: the names, for code that if-constexprs them away
+#if defined(__clang__) && !SDPA_BUILD_AVX512
+SDPA_TARGET_BEGIN(SDPA_FEATURES_AVX512)
+#endif
+#else  // not the AVX-512 target: the names, for code that if-constexprs them away
 template <class Q, class S>
 inline constexpr bool bf16_dot = false;
 template <class Arch>

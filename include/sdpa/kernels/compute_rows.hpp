@@ -16,6 +16,15 @@
 SDPA_BEGIN_NAMESPACE
 namespace kernels {
 
+/// Prefetches the cache lines of [at, at + bytes), for reading or for writing.
+inline void prefetch_bytes(const char* at, Index bytes, bool write = false) {
+#if defined(__GNUC__) || defined(__clang__)
+  for (Index byte = 0; byte < bytes; byte += 64) write ? __builtin_prefetch(at + byte, 1) : __builtin_prefetch(at + byte);
+#else
+  (void)at, (void)bytes, (void)write;
+#endif
+}
+
 /// Rows of a matrix of any element type Q, read as T: read_row(i, factor, to) sets
 /// to[c] = T(q(i, c)) * factor.
 template <class T>
@@ -23,9 +32,13 @@ class QueryRows {
  public:
   template <class Q>
   QueryRows(MatrixView<const Q> q)  // NOLINT(google-explicit-constructor): any view reads as T
-      : rows(q.rows), cols(q.cols), data_(q.data), stride_(q.row_stride * Index(sizeof(Q))), read_(&read<Q>) {}
+      : rows(q.rows), cols(q.cols), data_(q.data), stride_(q.row_stride * Index(sizeof(Q))),
+        row_bytes_(q.cols * Index(sizeof(Q))), read_(&read<Q>) {}
 
   void read_row(Index i, T factor, T* to) const { read_(static_cast<const char*>(data_) + i * stride_, cols, factor, to); }
+  /// Asks for row i ahead of its read_row (rows of a [tokens, heads d] buffer, 1-4 KiB apart,
+  /// are a stride the hardware prefetcher does not follow).
+  void prefetch_row(Index i) const { prefetch_bytes(static_cast<const char*>(data_) + i * stride_, row_bytes_); }
 
   Index rows, cols;
 
@@ -36,7 +49,7 @@ class QueryRows {
     for (Index c = 0; c < n; ++c) to[c] = T(from[c]) * factor;
   }
   const void* data_;
-  Index stride_;  // bytes
+  Index stride_, row_bytes_;
   void (*read_)(const void*, Index, T, T*);
 };
 
@@ -47,9 +60,12 @@ class OutputRows {
  public:
   template <class O>
   OutputRows(MatrixView<O> out)  // NOLINT(google-explicit-constructor): any view is written from T
-      : rows(out.rows), cols(out.cols), data_(out.data), stride_(out.row_stride * Index(sizeof(O))), write_(&write<O>) {}
+      : rows(out.rows), cols(out.cols), data_(out.data), stride_(out.row_stride * Index(sizeof(O))),
+        row_bytes_(out.cols * Index(sizeof(O))), write_(&write<O>) {}
 
   void write_row(Index i, const T* from) const { write_(from, cols, static_cast<char*>(data_) + i * stride_); }
+  /// Asks for row i, to be written, ahead of its write_row.
+  void prefetch_row(Index i) const { prefetch_bytes(static_cast<const char*>(data_) + i * stride_, row_bytes_, true); }
 
   Index rows, cols;
 
@@ -60,7 +76,7 @@ class OutputRows {
     for (Index c = 0; c < n; ++c) to[c] = O(from[c]);
   }
   void* data_;
-  Index stride_;  // bytes
+  Index stride_, row_bytes_;
   void (*write_)(const T*, Index, void*);
 };
 

@@ -110,6 +110,10 @@ class TiledHead {
       alibi[bq + r] = T(mask_.alibi_origin(i0 + r));
     }
 
+    // the next tile's queries (likely this thread's next) and this tile's outputs, which
+    // arrive while the tile computes
+    for (Index i = i0 + bq; i < std::min(nq, i0 + 2 * bq); ++i) q_.prefetch_row(i);
+    for (Index r = 0; r < n_rows; ++r) out_.prefetch_row(i0 + r);
     const auto queries = prepared_queries(q_tile, n_rows);
 
     // key tiles from the first one some row sees (tiles stay aligned to multiples of Bk)
