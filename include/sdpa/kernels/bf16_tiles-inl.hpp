@@ -72,12 +72,7 @@ template <int R, int C>
 SDPA_ALWAYS_INLINE void value_block(const Pair* p, Index p_ld, Index key_pairs, const Pair* v, Index v_ld, Index col,
                                     const float* rescale, float* acc, Index acc_ld) {
   V out[R][C];
-  SDPA_UNROLL
-  for (int r = 0; r < R; ++r) {
-    const V factor = V::broadcast(rescale[r]);
-    SDPA_UNROLL
-    for (int c = 0; c < C; ++c) out[r][c] = V::load(acc + r * acc_ld + c * V::width) * factor;
-  }
+  microkernels::load_rescaled(acc, acc_ld, rescale, out);
   for (Index j = 0; j < key_pairs; ++j) {
     __m512i loaded[C];
     SDPA_UNROLL
@@ -87,10 +82,7 @@ SDPA_ALWAYS_INLINE void value_block(const Pair* p, Index p_ld, Index key_pairs, 
       SDPA_UNROLL
       for (int c = 0; c < C; ++c) out[r][c] = dot_pairs(out[r][c], loaded[c], p[r * p_ld + j]);
   }
-  SDPA_UNROLL
-  for (int r = 0; r < R; ++r)
-    SDPA_UNROLL
-    for (int c = 0; c < C; ++c) out[r][c].store(acc + r * acc_ld + c * V::width);
+  microkernels::store_block(out, acc, acc_ld);
 }
 
 /// n floats (a multiple of 32) rounded to bf16, to nearest even, as n / 2 pairs.
@@ -196,10 +188,7 @@ class Bf16Tiles {
           Vec acc[H][C];
           bf16_microkernels::score_registers<H, C>(q.pairs + r0 * q.ld, q.ld, key_pairs_, panel + col, panel_ld_,
                                                    q.scale, acc);
-          SDPA_UNROLL
-          for (int r = 0; r < H; ++r)
-            SDPA_UNROLL
-            for (int c = 0; c < C; ++c) acc[r][c].store(s + (r0 + r) * ld + col + c * W);
+          microkernels::store_block(acc, s + r0 * ld + col, ld);
         });
   }
 

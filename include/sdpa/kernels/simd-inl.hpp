@@ -64,6 +64,26 @@ SDPA_ALWAYS_INLINE void rank1_update(const float* column, Index stride, Row row,
   }
 }
 
+// out (R, C W) = rescale * acc (row r scaled by rescale[r]): where a value block starts.
+template <class V, int R, int C>
+SDPA_ALWAYS_INLINE void load_rescaled(const float* acc, Index acc_ld, const float* rescale, V (&out)[R][C]) {
+  SDPA_UNROLL
+  for (int r = 0; r < R; ++r) {
+    const V factor = V::broadcast(rescale[r]);
+    SDPA_UNROLL
+    for (int c = 0; c < C; ++c) out[r][c] = V::load(acc + r * acc_ld + c * V::width) * factor;
+  }
+}
+
+// to (R, C W) = block, rows at stride ld.
+template <class V, int R, int C>
+SDPA_ALWAYS_INLINE void store_block(const V (&block)[R][C], float* to, Index ld) {
+  SDPA_UNROLL
+  for (int r = 0; r < R; ++r)
+    SDPA_UNROLL
+    for (int c = 0; c < C; ++c) block[r][c].store(to + r * ld + c * V::width);
+}
+
 // s (R, C W) = q (R, d_k) kt (d_k, C W), in registers: kt is a K^T panel, row stride kt_ld.
 template <class V, int R, int C>
 SDPA_ALWAYS_INLINE void score_registers(const float* q, Index dk, const float* kt, Index kt_ld, V (&s)[R][C]) {
@@ -79,10 +99,7 @@ template <class V, int R, int C>
 SDPA_ALWAYS_INLINE void score_block(const float* q, Index dk, const float* kt, Index kt_ld, float* s, Index s_ld) {
   V acc[R][C];
   score_registers<V, R, C>(q, dk, kt, kt_ld, acc);
-  SDPA_UNROLL
-  for (int r = 0; r < R; ++r)
-    SDPA_UNROLL
-    for (int c = 0; c < C; ++c) acc[r][c].store(s + r * s_ld + c * V::width);
+  store_block(acc, s, s_ld);
 }
 
 // Scores of R rows against a whole key tile (C W keys), in registers, changed by the per-score
@@ -134,17 +151,9 @@ template <class V, int R, int C, class S>
 SDPA_ALWAYS_INLINE void value_block(const float* p, Index p_ld, Index keys, const S* v, Index v_ld, Index col,
                                     const float* rescale, float* acc, Index acc_ld) {
   V out[R][C];
-  SDPA_UNROLL
-  for (int r = 0; r < R; ++r) {
-    const V factor = V::broadcast(rescale[r]);
-    SDPA_UNROLL
-    for (int c = 0; c < C; ++c) out[r][c] = V::load(acc + r * acc_ld + c * V::width) * factor;
-  }
+  load_rescaled(acc, acc_ld, rescale, out);
   for (Index j = 0; j < keys; ++j) rank1_update<V, R, C>(p + j, p_ld, detail::features_of(v + j * v_ld) + col, out);
-  SDPA_UNROLL
-  for (int r = 0; r < R; ++r)
-    SDPA_UNROLL
-    for (int c = 0; c < C; ++c) out[r][c].store(acc + r * acc_ld + c * V::width);
+  store_block(out, acc, acc_ld);
 }
 
 // acc (rows, vectors W) = rescale * acc + p (rows, keys) v (keys, vectors W), v rows at stride

@@ -75,39 +75,43 @@ inline V min_with_one(V x) { return min(x, V::broadcast(1.0f)); }
 
 // Bf16Tiles' scores and P V over one key tile of `keys`, through its own packing; the results
 // are copied out of its padded tiles. (Templates: instantiated in the AVX-512 target only.)
+template <class A>
+struct PackedBf16 {  // Bf16Tiles over rows (keys, d) as both K and V, packed
+  using Tiles = Bf16Tiles<A>;
+  PackedBf16(const Eigen::bfloat16* rows, Index keys, Index d, Index query_rows)
+      : view(rows, keys, d, d), blocks{query_rows, keys}, packed(std::size_t(Tiles::packed_size(view, view, blocks))),
+        tiles(view, view, blocks, packed.data()) {
+    tiles.pack(view, view, 0, tiles.pack_tiles(view));
+  }
+  MatrixView<const Eigen::bfloat16> view;
+  BlockConfig blocks;
+  std::vector<float> packed;
+  Tiles tiles;
+};
+
 template <class A = Arch>
 void bf16_scores(Index rows, const Eigen::bfloat16* q, Index dk, const Eigen::bfloat16* k, Index keys, float scale,
                  float* s, Index s_ld) {
-  using Tiles = Bf16Tiles<A>;
-  const MatrixView<const Eigen::bfloat16> k_view(k, keys, dk, dk);
-  const BlockConfig blocks{rows, keys};
-  std::vector<float> packed(std::size_t(Tiles::packed_size(k_view, k_view, blocks)));
-  const Tiles tiles(k_view, k_view, blocks, packed.data());
-  tiles.pack(k_view, k_view, 0, tiles.pack_tiles(k_view));
+  const PackedBf16<A> k_tiles(k, keys, dk, rows);
   std::vector<float> q_rows(std::size_t(rows * dk));
   for (Index i = 0; i < rows * dk; ++i) q_rows[std::size_t(i)] = float(q[i]);
-  const Index ld = round_up(keys, Tiles::key_multiple);
+  const Index ld = round_up(keys, Bf16Tiles<A>::key_multiple);
   std::vector<float> tile(std::size_t(rows * ld));
-  tiles.scores(tiles.prepare_queries(q_rows.data(), rows, scale), rows, 0, keys, tile.data(), ld);
+  k_tiles.tiles.scores(k_tiles.tiles.prepare_queries(q_rows.data(), rows, scale), rows, 0, keys, tile.data(), ld);
   for (Index r = 0; r < rows; ++r) std::copy_n(tile.data() + r * ld, keys, s + r * s_ld);
 }
 
 template <class A = Arch>
 void bf16_accumulate(Index rows, const float* p, Index p_ld, Index keys, const Eigen::bfloat16* v, Index dv,
                      const float* rescale, float* acc, Index acc_ld) {
-  using Tiles = Bf16Tiles<A>;
-  const MatrixView<const Eigen::bfloat16> v_view(v, keys, dv, dv);
-  const BlockConfig blocks{rows, keys};
-  std::vector<float> packed(std::size_t(Tiles::packed_size(v_view, v_view, blocks)));
-  const Tiles tiles(v_view, v_view, blocks, packed.data());
-  tiles.pack(v_view, v_view, 0, tiles.pack_tiles(v_view));
-  const Index ld = round_up(keys, Tiles::key_multiple), padded = tiles.accumulator_cols();
+  const PackedBf16<A> v_tiles(v, keys, dv, rows);
+  const Index ld = round_up(keys, Bf16Tiles<A>::key_multiple), padded = v_tiles.tiles.accumulator_cols();
   std::vector<float> weights(std::size_t(rows * ld), 0.0f), sums(std::size_t(rows * padded), 0.0f);
   for (Index r = 0; r < rows; ++r) {
     std::copy_n(p + r * p_ld, keys, weights.data() + r * ld);
     std::copy_n(acc + r * acc_ld, dv, sums.data() + r * padded);
   }
-  tiles.accumulate(weights.data(), rows, ld, 0, keys, rescale, sums.data());
+  v_tiles.tiles.accumulate(weights.data(), rows, ld, 0, keys, rescale, sums.data());
   for (Index r = 0; r < rows; ++r) std::copy_n(sums.data() + r * padded, dv, acc + r * acc_ld);
 }
 
