@@ -83,6 +83,8 @@ SDPA_BASELINE_CODE inline bool cpu_has_avx512_bf16() {
   unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
   return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 5)) != 0;
 }
+#else
+SDPA_BASELINE_CODE inline bool cpu_has_avx512_bf16() { return false; }  // not x86-64, or no way to ask
 #endif
 }  // namespace detail
 
@@ -212,11 +214,7 @@ namespace detail {
 /// Whether bf16_dot_products() may be true: the CPU has AVX512-BF16 and SDPA_CPU_DISABLE does not
 /// name avx512_bf16; set_bf16_dot_products changes it.
 inline std::atomic<bool>& bf16_dot_allowed() {
-#if SDPA_ARCH_X86_64 && (defined(__GNUC__) || defined(__clang__))
   static std::atomic<bool> allowed{cpu_has_avx512_bf16() && !disabled_by_environment("avx512_bf16")};
-#else
-  static std::atomic<bool> allowed{false};
-#endif
   return allowed;
 }
 }  // namespace detail
@@ -236,12 +234,7 @@ inline bool bf16_dot_products() {
 /// throws sdpa::unsupported_cpu when the CPU lacks AVX512-BF16. Not meant to be called while
 /// other threads run attention.
 inline void set_bf16_dot_products(bool on) {
-#if SDPA_ARCH_X86_64 && (defined(__GNUC__) || defined(__clang__))
-  const bool supported = detail::cpu_has_avx512_bf16();
-#else
-  const bool supported = false;
-#endif
-  if (on && !supported)
+  if (on && !detail::cpu_has_avx512_bf16())
     throw unsupported_cpu("sdpa: set_bf16_dot_products(true) asks for AVX512-BF16, but this CPU does not support it");
   detail::bf16_dot_allowed().store(on, std::memory_order_relaxed);
 }
