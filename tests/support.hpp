@@ -212,14 +212,18 @@ Wide stored_tolerance(Wide float_tolerance, Wide exact) {
 /// sdpa::bf16_dot_products() holds: that path rounds each weight p_ij to bf16 (relative error at
 /// most u = 2^-8) before P V, which moves an output by at most u sum_j p_ij |v_jc| <=
 /// u value_magnitude; doubled, as tolerance() doubles its first-order terms. 0 otherwise.
+/// Whether a call may take that path: bf16 Q, K and V with the path on, on Kernel::Simd (or
+/// Auto, which may choose it), with more query rows than the decode microkernels take or head
+/// dims they cannot (not multiples of AVX-512's 16 floats).
 template <class Q, class S>
-bool may_round_weights() {
-  return std::is_same_v<Q, Eigen::bfloat16> && std::is_same_v<S, Eigen::bfloat16> && sdpa::bf16_dot_products();
+bool may_round_weights(sdpa::Kernel kernel, Index nq, Index dk, Index dv) {
+  const bool packed = nq > sdpa::kernels::kDecodeRows || dk % 16 != 0 || dv % 16 != 0;
+  return std::is_same_v<Q, Eigen::bfloat16> && std::is_same_v<S, Eigen::bfloat16> && sdpa::bf16_dot_products() &&
+         (kernel == sdpa::Kernel::Simd || kernel == sdpa::Kernel::Auto) && packed;
 }
-template <class Q, class S>
-Wide rounded_weights_tolerance(const Expected& e, Index i) {
-  if (!may_round_weights<Q, S>()) return 0;
-  return 2 * std::ldexp(Wide(1), -8) * e.value_magnitude[std::size_t(i)];
+/// The term itself, for a call that may round its weights (may_round_weights), else 0.
+inline Wide rounded_weights_tolerance(const Expected& e, Index i, bool rounds_weights) {
+  return rounds_weights ? 2 * std::ldexp(Wide(1), -8) * e.value_magnitude[std::size_t(i)] : Wide(0);
 }
 
 /// Runs f() with bf16 attention widened to float (set_bf16_dot_products(false)), then, where

@@ -104,6 +104,7 @@ void check_rows(const Problem& p, const std::vector<float>& q, const std::vector
                 const std::string& what) {
   Wide worst = 0, worst_single = 0;
   bool finite = true;
+  const bool rounds_weights = may_round_weights<T, T>(sdpa::Kernel::Auto, p.tokens, p.dk, p.dv);  // (one process does)
   Index n_local = 0;
   for (const TokenRange& r : shard) n_local += r.size();
   for (Index b = 0; b < p.batch; ++b)
@@ -115,9 +116,9 @@ void check_rows(const Problem& p, const std::vector<float>& q, const std::vector
           for (Index c = 0; c < p.dv; ++c) {
             const double x = double(got[std::size_t(((b * n_local + local) * p.heads + h) * p.dv + c)]);
             finite = finite && std::isfinite(x);
-            const Wide tol = stored_tolerance<T>(
-                tolerance<float>(e, i, p.tokens, p.dk) + merge_tolerance(e, i, pieces) + rounded_weights_tolerance<T, T>(e, i),
-                e.out(i, c));
+            const Wide tol = stored_tolerance<T>(tolerance<float>(e, i, p.tokens, p.dk) + merge_tolerance(e, i, pieces) +
+                                                     rounded_weights_tolerance(e, i, rounds_weights),
+                                                 e.out(i, c));
             worst = std::max(worst, std::fabs(Wide(x) - e.out(i, c)) / tol);
             // One process's result (within its own tolerance of the reference): within both.
             const Wide one = single[std::size_t(((b * p.tokens + i) * p.heads + h) * p.dv + c)];

@@ -30,8 +30,7 @@ SDPA_TARGET_BEGIN(SDPA_FEATURES_AVX512 ",avx512bf16")
 
 /// Whether a call of Q and K/V storage types may take the vdpbf16ps microkernels in this target.
 template <class Q, class S>
-inline constexpr bool bf16_dot =
-    std::is_same_v<Arch, simd::avx512> && std::is_same_v<Q, Eigen::bfloat16> && std::is_same_v<S, Eigen::bfloat16>;
+inline constexpr bool bf16_dot = std::is_same_v<Q, Eigen::bfloat16> && std::is_same_v<S, Eigen::bfloat16>;
 
 namespace bf16_microkernels {
 
@@ -143,14 +142,15 @@ class Bf16Tiles {
       Pair* panel = packed_k_ + t * key_pairs_ * panel_ld_;
       for (Index e = 0; e < key_pairs_; ++e) std::fill(panel + e * panel_ld_ + keys, panel + (e + 1) * panel_ld_, Pair(0));
       for (Index c = 0; c < keys; ++c) {
-        if (c + kAhead < keys) prefetch(k.row(j0 + c + kAhead), dk_);
+        if (c + kAhead < keys) prefetch_row(k.row(j0 + c + kAhead), dk_);
         const std::uint16_t* row = halves(k.row(j0 + c));
         for (Index e = 0; e < dk_ / 2; ++e) panel[e * panel_ld_ + c] = row[2 * e] | Pair(row[2 * e + 1]) << 16;
         if (dk_ % 2) panel[(key_pairs_ - 1) * panel_ld_ + c] = row[dk_ - 1];
       }
       Pair* values = packed_v_ + t * pairs(key_rows_) * acc_ld_;
       for (Index j = 0; j < pairs(keys); ++j) {
-        if (2 * (j + kAhead) + 1 < keys) prefetch(v.row(j0 + 2 * (j + kAhead)), dv_), prefetch(v.row(j0 + 2 * (j + kAhead) + 1), dv_);
+        if (2 * (j + kAhead) + 1 < keys)
+          prefetch_row(v.row(j0 + 2 * (j + kAhead)), dv_), prefetch_row(v.row(j0 + 2 * (j + kAhead) + 1), dv_);
         Pair* to = values + j * acc_ld_;
         const std::uint16_t* low = halves(v.row(j0 + 2 * j));
         if (2 * j + 1 < keys) {
@@ -231,9 +231,8 @@ class Bf16Tiles {
  private:
   /// A bf16 row's bits (Eigen::bfloat16 is a struct holding them, as its bit_cast reads it).
   static const std::uint16_t* halves(const Eigen::bfloat16* row) { return reinterpret_cast<const std::uint16_t*>(row); }
-  static void prefetch(const Eigen::bfloat16* row, Index n) {
-    for (Index byte = 0; byte < n * Index(sizeof(Eigen::bfloat16)); byte += 64)
-      __builtin_prefetch(reinterpret_cast<const char*>(row) + byte);
+  static void prefetch_row(const Eigen::bfloat16* row, Index n) {
+    prefetch_bytes(reinterpret_cast<const char*>(row), n * Index(sizeof(Eigen::bfloat16)));
   }
   static std::uint32_t bits_of(float x) { return Eigen::numext::bit_cast<std::uint32_t>(x) >> 16; }  // x: a bf16 value
 

@@ -382,8 +382,7 @@ class RowTiles {
   }
 
   static void prefetch_row(const S* at, Index cols) {
-    const char* row = reinterpret_cast<const char*>(at);
-    for (Index byte = 0; byte < cols * Index(sizeof(S)); byte += 64) __builtin_prefetch(row + byte);
+    prefetch_bytes(reinterpret_cast<const char*>(at), cols * Index(sizeof(S)));
   }
 
   /// Rows first, first + 1, ... of a view (`count` of them), each found without a division:

@@ -74,8 +74,7 @@ class TiledHead {
             const detail::HeadMasks& masks, const Micro& micro, const BlockConfig& blocks)
       : q_(q), k_(k), v_(v), out_(out), lse_(lse), nk_(k.rows), scale_(scale), micro_(micro), blocks_(blocks),
         mask_(masks, q.rows, k.rows, kLog2e), natural_mask_(masks, q.rows, k.rows, T(1)),
-        query_scale_(T(scale * double(kLog2e))), query_factor_(prepares_queries<Micro> ? T(1) : query_scale_),
-        score_ld_(round_up(blocks.key_rows, Micro::key_multiple)),
+        query_scale_(T(scale * double(kLog2e))), score_ld_(round_up(blocks.key_rows, Micro::key_multiple)),
         acc_ld_(micro.accumulator_cols()), changes_(mask_.changes_scores()),
         chunk_keys_(std::max<Index>(1, kChunkKeys / blocks.key_rows) * blocks.key_rows) {
     for (int lane = 0; lane < V::width; ++lane) lanes_[lane] = T(lane);
@@ -98,8 +97,9 @@ class TiledHead {
     const Index i0 = tile * bq, n_rows = std::min(bq, nq - i0);
     Index keys_begin = nk_, keys_end = 0;  // some row sees keys in [keys_begin, keys_end)
     Index band_begin = 0, band_end = nk_;  // every row sees keys in [band_begin, band_end)
+    const T query_factor = prepares_queries<Micro> ? T(1) : query_scale_;  // prepare_queries scales itself
     for (Index r = 0; r < n_rows; ++r) {
-      q_.read_row(i0 + r, query_factor_, q_tile + r * dk);
+      q_.read_row(i0 + r, query_factor, q_tile + r * dk);
       std::fill(acc + r * acc_ld_, acc + (r + 1) * acc_ld_, T(0));
       rows[r] = {};
       keys_begin = std::min(keys_begin, mask_.key_begin(i0 + r));
@@ -277,7 +277,6 @@ class TiledHead {
   BlockConfig blocks_;
   detail::MaskPolicy<T> mask_, natural_mask_;
   T query_scale_;
-  T query_factor_;  // what the tile's queries are read times: query_scale_, or 1 for prepare_queries
   Index score_ld_, acc_ld_;
   bool changes_;  // the soft cap or ALiBi changes every score
   Index chunk_keys_;
