@@ -8,6 +8,7 @@
 
 #include "alibi.hpp"
 #include "attention.hpp"
+#include "backward.hpp"
 #include "batched.hpp"
 #include "kv_cache.hpp"
 #include "options.hpp"

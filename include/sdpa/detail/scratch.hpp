@@ -18,7 +18,8 @@ namespace detail {
 
 enum class Slot {
   QueryTile, Scores, Accumulator, RowStats, Rescale, TotalAccumulator, RowTotals, ReferenceRow, Packed, ChunkPacked,
-  Partials, GroupQueries, GroupOutputs, RowAlibi, Ones, PagedRows, QueryPairs, WeightPairs
+  Partials, GroupQueries, GroupOutputs, RowAlibi, Ones, PagedRows, QueryPairs, WeightPairs,
+  BackwardRows, BackwardTouched, BackwardTile
 };
 
 /// Cache-line (and zmm) aligned storage from C++17's aligned new: the same allocation and

@@ -135,6 +135,16 @@ struct Target {
                          const Options& options, bool simd) {
     Paths<Q, S>::paged_head(q, k, v, out, lse, scale, masks, options, simd);
   }
+  /// One head's backward pass (backward-inl.hpp): the Simd microkernels for float when `simd`,
+  /// Blocked's loops otherwise (compiled in the scalar target only, like the forward's).
+  template <class T>
+  static void backward_head(const BackwardInputs<T>& in, const GradientViews<T>& out, const Options& options,
+                            bool simd) {
+    if constexpr (std::is_same_v<T, float>) {
+      if (simd) return tiled_backward<SimdBackwardTiles<Arch>>(in, out, options);
+    }
+    if constexpr (kIsa == Isa::scalar) tiled_backward<BlockedBackwardTiles<T>>(in, out, options);
+  }
   static MicrokernelSet microkernels() { return testing::set(); }
 };
 

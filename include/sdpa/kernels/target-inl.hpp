@@ -10,5 +10,6 @@
 #include "simd-inl.hpp"
 #include "bf16_tiles-inl.hpp"
 #include "batched-inl.hpp"
+#include "backward-inl.hpp"
 #include "testing-inl.hpp"
 #include "entry-inl.hpp"

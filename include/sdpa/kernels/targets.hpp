@@ -22,6 +22,7 @@
 #include "compute_rows.hpp"
 #include "merge.hpp"
 #include "reference.hpp"
+#include "reference_backward.hpp"
 
 #include <algorithm>
 #include <cmath>

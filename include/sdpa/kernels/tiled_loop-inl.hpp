@@ -50,6 +50,31 @@ void reference_redo_row(const QueryRows<T>& q, const KV& k, const KV& v, Index i
   reference_blend(p, v, out);
 }
 
+/// Row i's scores for keys [j0, j0 + n), as MaskPolicy::apply changes them, with the cap
+/// and ALiBi computed a vector at a time over the whole padded row of `padded` scores (padding
+/// is overwritten with -inf afterwards). `lanes`: 0, 1, ..., W - 1.
+template <class V, class Exp2>
+void change_score_row(const detail::MaskPolicy<typename V::value_type>& mask, Index i, Index j0, Index n,
+                      typename V::value_type* s, Index padded, const typename V::value_type* lanes, Exp2 exp2) {
+  using T = typename V::value_type;
+  const T cap = mask.cap();
+  if (cap > T(0)) {
+    const V c = V::broadcast(cap), inverse = V::broadcast(T(1) / cap);
+    for (Index col = 0; col < padded; col += V::width) (c * vector_tanh(V::load(s + col) * inverse, exp2)).store(s + col);
+  }
+  mask.limit(i, j0, n, s);
+  mask.apply_elementwise(i, j0, n, s);
+  const T step = mask.alibi_step(i);
+  if (step != T(0)) {  // s += -slope |i' - j|, exact distances (below 2^24 in float)
+    const V slope = V::broadcast(step), lane = V::load(lanes);
+    const Index origin = mask.alibi_origin(i) - j0;  // i' - j at this tile's first key
+    for (Index col = 0; col < padded; col += V::width) {
+      const V distance = V::broadcast(T(origin - col)) - lane;
+      fma(slope, max(distance, V::zero() - distance), V::load(s + col)).store(s + col);
+    }
+  }
+}
+
 /// One head's attention, split into query tiles that threads run independently. K and V hold
 /// elements of Micro::Storage; everything is computed in T, the Micro's vector element type
 /// (float for every 16-bit storage type), and Q and the output are read and written as rows
@@ -192,28 +217,8 @@ class TiledHead {
     });
   }
 
-  /// Row i's scores for keys [j0, j0 + n), as MaskPolicy::apply changes them, with the cap
-  /// and ALiBi computed a vector at a time over the whole padded row (padding is overwritten
-  /// with -inf afterwards).
   void change_scores(Index i, Index j0, Index n, T* s) const {
-    const T cap = mask_.cap();
-    if (cap > T(0)) {
-      const V c = V::broadcast(cap), inverse = V::broadcast(T(1) / cap);
-      const auto exp2 = [&](V x) { return micro_.exp2(x); };
-      for (Index col = 0; col < score_ld_; col += V::width)
-        (c * vector_tanh(V::load(s + col) * inverse, exp2)).store(s + col);
-    }
-    mask_.limit(i, j0, n, s);
-    mask_.apply_elementwise(i, j0, n, s);
-    const T step = mask_.alibi_step(i);
-    if (step != T(0)) {  // s += -slope |i' - j|, exact distances (below 2^24 in float)
-      const V slope = V::broadcast(step), lanes = V::load(lanes_);
-      const Index origin = mask_.alibi_origin(i) - j0;  // i' - j at this tile's first key
-      for (Index col = 0; col < score_ld_; col += V::width) {
-        const V distance = V::broadcast(T(origin - col)) - lanes;
-        fma(slope, max(distance, V::zero() - distance), V::load(s + col)).store(s + col);
-      }
-    }
+    change_score_row<V>(mask_, i, j0, n, s, score_ld_, lanes_, [&](V x) { return micro_.exp2(x); });
   }
 
   /// Adds the chunk just finished (acc, rows) into the totals with the log-sum-exp rule, then

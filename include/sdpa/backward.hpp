@@ -1,0 +1,160 @@
+// sdpa/backward.hpp - attention_backward(), attention_backward_into(): the gradients of attention.
+/// \file
+/// The backward pass of one head: attention_backward(), attention_backward_into(),
+/// AttentionGradients and ExtraGradients.
+#pragma once
+
+#include "attention.hpp"
+#include "kernels/reference_backward.hpp"
+
+#include <type_traits>
+#include <utility>
+
+SDPA_BEGIN_NAMESPACE
+
+/// The gradients attention_backward() returns.
+template <class T>
+struct AttentionGradients {
+  Matrix<T> dQ;      ///< Nq x d_k
+  Matrix<T> dK;      ///< Nk x d_k
+  Matrix<T> dV;      ///< Nk x d_v
+  Matrix<T> dbias;   ///< options.bias's shape when it has one (a 1 x Nk bias: summed over the queries); else empty
+  Vector<T> dsinks;  ///< the sink logit's gradient when options.sinks is set (one entry); else empty
+};
+
+/// The optional gradients of attention_backward_into(): each is written only when given.
+template <class T>
+struct ExtraGradients {
+  MatrixView<T> dbias;  ///< options.bias's shape (Nq x Nk, or 1 x Nk: summed over the queries)
+  T* dsinks = nullptr;  ///< options.sinks.size() entries (1 for a 2-D call)
+};
+
+namespace detail {
+
+/// Every check of a backward call, then the chosen path. Nothing is written before the checks
+/// have passed.
+template <class T>
+void run_backward(const char* fn, const Input<T>& q, const Input<T>& k, const Input<T>& v, const Input<T>& o,
+                  MatrixView<const T> lse, const Input<T>& d_out, const kernels::GradientViews<T>& grads,
+                  const Options& options) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, long double>,
+                "sdpa::attention_backward: Q, K, V, O and dO must all be float, double or long double");
+  sdpa::isa();  // the CPU check (isa.hpp), before code built for a wider ISA runs
+  const Index nq = q.rows(), nk = k.rows(), dk = q.cols(), nv = v.rows(), dv = v.cols();
+  validate_attention<T>(fn, nq, dk, nk, k.cols(), &nv, &dv, options);
+  reject_batched_options(fn, options);
+  const auto expect = [&](const char* name, Index rows, Index cols, Index want_rows, Index want_cols, const char* what) {
+    if (rows != want_rows || cols != want_cols)
+      fail(fn, name, " is ", shape(rows, cols), " but it must be ", shape(want_rows, want_cols), " (", what, "; Q is ",
+           shape(nq, dk), ", V is ", shape(nk, dv), ")");
+  };
+  expect("O", o.rows(), o.cols(), nq, dv, "the forward's output, Nq x d_v");
+  expect("dO", d_out.rows(), d_out.cols(), nq, dv, "the output's gradient, Nq x d_v");
+  expect("lse", lse.rows, 1, nq, 1, "one per query row");
+  expect("dQ", grads.dq.rows, grads.dq.cols, nq, dk, "Nq x d_k");
+  expect("dK", grads.dk.rows, grads.dk.cols, nk, dk, "Nk x d_k");
+  expect("dV", grads.dv.rows, grads.dv.cols, nk, dv, "Nk x d_v");
+  if (!grads.dbias.empty()) {
+    if (options.bias.empty()) fail(fn, "dbias is requested but options.bias is empty: there is no bias to differentiate");
+    expect("dbias", grads.dbias.rows, grads.dbias.cols, options.bias.rows(), options.bias.cols(), "options.bias's shape");
+  }
+  if (grads.dsink && options.sinks.empty())
+    fail(fn, "dsinks is requested but options.sinks is empty: there is no sink logit to differentiate");
+
+  // No result may touch an input (still being read) or another result.
+  const std::pair<const char*, MatrixView<T>> results[] = {
+      {"dQ", grads.dq}, {"dK", grads.dk}, {"dV", grads.dv}, {"dbias", grads.dbias},
+      {"dsinks", MatrixView<T>(grads.dsink, grads.dsink ? 1 : 0, 1, 1)}};
+  for (std::size_t a = 0; a < std::size(results); ++a) {
+    const auto& [name, view] = results[a];
+    const auto check = [&, name = name, view = view](const char* input, const auto& other) {
+      if (overlaps(MatrixView<const T>(view), other))
+        fail(fn, name, " (", shape(view.rows, view.cols), ") overlaps ", input, " (", shape(other.rows, other.cols),
+             "): results would overwrite inputs still being read, or each other");
+    };
+    check("Q", q.source()), check("K", k.source()), check("V", v.source()), check("O", o.source());
+    check("dO", d_out.source()), check("lse", lse);
+    if (!options.mask.empty()) check("options.mask", options.mask);
+    if (!options.bias.f32.empty()) check("options.bias", options.bias.f32);
+    if (!options.bias.f64.empty()) check("options.bias", options.bias.f64);
+    for (std::size_t b = a + 1; b < std::size(results); ++b) check(results[b].first, results[b].second);
+  }
+
+  const kernels::BackwardInputs<T> in{q.view(), k.view(), v.view(), o.view(), d_out.view(), lse.data,
+                                      resolve_scale<T>(fn, options, dk), HeadMasks::of(options)};
+  switch (resolve_kernel<T>(options.kernel, nq, nk)) {
+    case Kernel::Reference: {
+      const ScratchLease<T, Slot::BackwardRows> row_dots(nq);
+      return kernels::reference_backward(in, grads, options, row_dots.data());
+    }
+    case Kernel::Simd:
+      if constexpr (std::is_same_v<T, float>)
+        return kernels::with_target(sdpa::isa(), [&](auto target) {
+          decltype(target)::backward_head(in, grads, options, true);
+        });
+      [[fallthrough]];
+    default: return kernels::scalar::Target::backward_head(in, grads, options, false);
+  }
+}
+
+}  // namespace detail
+
+/// The gradients of O = attention(Q, K, V, options) with respect to Q, K and V, written into
+/// dQ (Nq x d_k), dK (Nk x d_k) and dV (Nk x d_v), given the forward's output O, its LSEs
+/// (attention_into with an lse) and the output's gradient dO. `extra` asks for the bias's and
+/// the sink's gradients too. The caller owns every result, so a training loop allocates
+/// nothing per step. Every path (options.kernel) computes it; none stores the Nq x Nk weights
+/// except Reference, and none depends on the thread count (bit-identical for any `threads`).
+///
+///     sdpa::Vector<float> lse(Q.rows());
+///     sdpa::attention_into(Q, K, V, O, lse, options);
+///     sdpa::attention_backward_into(Q, K, V, O, lse, dO, dQ, dK, dV, options);
+template <class DQ, class DK, class DV, class DO, class DG, class GQ, class GK, class GV,
+          class = detail::if_writable<GQ>, class = detail::if_writable<GK>, class = detail::if_writable<GV>>
+void attention_backward_into(const Eigen::MatrixBase<DQ>& Q, const Eigen::MatrixBase<DK>& K,
+                             const Eigen::MatrixBase<DV>& V, const Eigen::MatrixBase<DO>& O,
+                             const Eigen::Ref<const Vector<typename DQ::Scalar>>& lse, const Eigen::MatrixBase<DG>& dO,
+                             GQ&& dQ, GK&& dK, GV&& dV, const Options& options = {},
+                             const ExtraGradients<typename DQ::Scalar>& extra = {}) {
+  using T = typename DQ::Scalar;
+  const char* fn = "attention_backward_into";
+  const detail::Input<T> q(Q), k(K), v(V), o(O), d_out(dO);
+  const kernels::GradientViews<T> grads{detail::output_view<T>(fn, "dQ", dQ), detail::output_view<T>(fn, "dK", dK),
+                                        detail::output_view<T>(fn, "dV", dV), extra.dbias, extra.dsinks};
+  detail::run_backward<T>(fn, q, k, v, o, MatrixView<const T>(lse.data(), lse.size(), 1, 1), d_out, grads, options);
+}
+
+/// The gradients of O = attention(Q, K, V, options), as attention_backward_into() computes
+/// them, in new matrices; also the bias's (when options.bias is set) and the sink's (when
+/// options.sinks is).
+///
+///     sdpa::AttentionGradients<float> g = sdpa::attention_backward(Q, K, V, O, lse, dO, options);
+template <class DQ, class DK, class DV, class DO, class DG>
+AttentionGradients<typename DQ::Scalar> attention_backward(const Eigen::MatrixBase<DQ>& Q,
+                                                           const Eigen::MatrixBase<DK>& K,
+                                                           const Eigen::MatrixBase<DV>& V,
+                                                           const Eigen::MatrixBase<DO>& O,
+                                                           const Eigen::Ref<const Vector<typename DQ::Scalar>>& lse,
+                                                           const Eigen::MatrixBase<DG>& dO, const Options& options = {}) {
+  using T = typename DQ::Scalar;
+  AttentionGradients<T> g;
+  g.dQ.resize(Q.rows(), Q.cols());
+  g.dK.resize(K.rows(), K.cols());
+  g.dV.resize(V.rows(), V.cols());
+  ExtraGradients<T> extra;
+  if (!options.bias.empty()) {
+    g.dbias.resize(options.bias.rows(), options.bias.cols());
+    extra.dbias = MatrixView<T>(g.dbias.data(), g.dbias.rows(), g.dbias.cols(), g.dbias.cols());
+  }
+  if (!options.sinks.empty()) {
+    g.dsinks.resize(Index(options.sinks.size()));
+    extra.dsinks = g.dsinks.data();
+  }
+  const detail::Input<T> q(Q), k(K), v(V), o(O), d_out(dO);
+  const auto view = [](Matrix<T>& m) { return MatrixView<T>(m.data(), m.rows(), m.cols(), m.cols()); };
+  detail::run_backward<T>("attention_backward", q, k, v, o, MatrixView<const T>(lse.data(), lse.size(), 1, 1), d_out,
+                          {view(g.dQ), view(g.dK), view(g.dV), extra.dbias, extra.dsinks}, options);
+  return g;
+}
+
+SDPA_END_NAMESPACE

@@ -1,0 +1,441 @@
+// The backward pass (sdpa/backward.hpp). This file's own oracle differentiates the test
+// reference's long-double attention by hand (the chain rule written out, sharing nothing with
+// the library); the oracle is checked against central finite differences, and every path
+// against the oracle: in double to 1e-11, in float within a tolerance derived below. Also the
+// golden gradients of PyTorch's autograd, bit-identity across thread counts, hostile inputs
+// and errors.
+#include "catch.hpp"
+#include "support.hpp"
+
+#include <functional>
+
+namespace test_backward {  // this file's names, apart from the other files' in a unity build
+
+using namespace sdpa_test;
+
+namespace {
+
+/// The gradients of L = sum(dO * O), exact (long double), and magnitudes for the tolerance.
+struct ExpectedGradients {
+  Matrix<Wide> dq, dk, dv, dbias;
+  Wide dsink = 0;
+  // The same sums over absolute values of their terms, each term's weight relative error
+  // epsilon_i included (see float_tolerances): what a float path's error is a multiple of.
+  Matrix<Wide> dq_bound, dk_bound, dv_bound, dbias_bound;
+  Wide dsink_bound = 0;
+};
+
+/// Differentiates reference(Q, K, V, scale, mask) for L = sum(dO * O). `row_error[i]`: the
+/// relative error of row i's recomputed weights, which scales every bound (0 for no bounds).
+template <class T>
+ExpectedGradients expected_gradients(const Matrix<T>& Q, const Matrix<T>& K, const Matrix<T>& V, const Matrix<T>& dO,
+                                     double scale, const MaskSpec& mask, const std::vector<Wide>& row_error = {}) {
+  const Index nq = Q.rows(), nk = K.rows(), dk = Q.cols(), dv = V.cols();
+  const Expected e = reference(Q, K, V, scale, mask);
+  ExpectedGradients g;
+  g.dq = g.dq_bound = Matrix<Wide>::Zero(nq, dk);
+  g.dk = g.dk_bound = Matrix<Wide>::Zero(nk, dk);
+  g.dv = g.dv_bound = Matrix<Wide>::Zero(nk, dv);
+  const bool full_bias = mask.bias.rows() == nq && nq > 1;
+  if (mask.bias.size() != 0) g.dbias = g.dbias_bound = Matrix<Wide>::Zero(mask.bias.rows(), nk);
+  for (Index i = 0; i < nq; ++i) {
+    const Wide eps_i = row_error.empty() ? Wide(0) : row_error[std::size_t(i)];
+    Wide d = 0, d_abs = 0;  // D_i = dO_i . o_i
+    for (Index c = 0; c < dv; ++c) {
+      d += Wide(dO(i, c)) * e.out(i, c);
+      d_abs += std::fabs(Wide(dO(i, c)) * e.out(i, c));
+    }
+    if (mask.has_sink && e.lse[std::size_t(i)] != -std::numeric_limits<Wide>::infinity()) {
+      const Wide p_sink = std::exp(Wide(mask.sink) - e.lse[std::size_t(i)]);
+      g.dsink -= p_sink * d;
+      g.dsink_bound += p_sink * d_abs * (eps_i + 1);
+    }
+    for (Index j = 0; j < nk; ++j) {
+      const Wide p = e.weights(i, j);
+      if (p == 0) continue;
+      Wide dp = 0, dp_abs = 0;  // dO_i . v_j
+      for (Index c = 0; c < dv; ++c) {
+        dp += Wide(dO(i, c)) * Wide(V(j, c));
+        dp_abs += std::fabs(Wide(dO(i, c)) * Wide(V(j, c)));
+      }
+      const Wide ds = p * (dp - d), ds_bound = eps_i * p * (std::fabs(dp - d) + dp_abs + d_abs);
+      Wide cap_derivative = 1;
+      if (mask.softcap > 0) {
+        Wide u = 0;
+        for (Index c = 0; c < dk; ++c) u += Wide(Q(i, c)) * Wide(K(j, c));
+        const Wide t = std::tanh(Wide(scale) * u / Wide(mask.softcap));
+        cap_derivative = 1 - t * t;
+      }
+      const Wide du = ds * cap_derivative, du_bound = ds_bound + (mask.softcap > 0 ? eps_i * std::fabs(ds) : 0);
+      if (g.dbias.size() != 0) {
+        g.dbias(full_bias ? i : 0, j) += ds;
+        g.dbias_bound(full_bias ? i : 0, j) += ds_bound;
+      }
+      for (Index c = 0; c < dv; ++c) {
+        g.dv(j, c) += p * Wide(dO(i, c));
+        g.dv_bound(j, c) += eps_i * p * std::fabs(Wide(dO(i, c)));
+      }
+      for (Index c = 0; c < dk; ++c) {
+        g.dq(i, c) += Wide(scale) * du * Wide(K(j, c));
+        g.dq_bound(i, c) += Wide(scale) * (du_bound + eps_i * std::fabs(du)) * std::fabs(Wide(K(j, c)));
+        g.dk(j, c) += Wide(scale) * du * Wide(Q(i, c));
+        g.dk_bound(j, c) += Wide(scale) * (du_bound + eps_i * std::fabs(du)) * std::fabs(Wide(Q(i, c)));
+      }
+    }
+  }
+  return g;
+}
+
+/// The relative error of each row's weights as a float path recomputes them, the factor that
+/// every bound of expected_gradients multiplies (a first-order analysis, doubled):
+///  * p_ij = exp(s_ij - lse_i): the score is off by ds_i (tolerance(), support.hpp), lse_i by
+///    its float rounding (|lse_i| eps / 2) and exp by 8 eps (tests/test_exp.cpp);
+///  * each sum of n terms adds gamma(n) relative to its sum of absolute values: dO . v (d_v),
+///    D_i (d_v), and the gradients' sums over keys or queries (Nk or Nq);
+///  * the soft cap's derivative 1 - tanh^2 is off by a few eps (vector tanh, test_exp.cpp).
+template <class T>
+std::vector<Wide> weight_errors(const Expected& e, Index nq, Index nk, Index dk, Index dv) {
+  const Wide eps = Wide(std::numeric_limits<T>::epsilon());
+  std::vector<Wide> errors(std::size_t(nq), Wide(0));
+  for (Index i = 0; i < nq; ++i) {
+    const Wide ds = gamma<T>(dk + 5) * e.score_magnitude[std::size_t(i)] + 4 * eps * e.softcap;
+    const Wide lse = std::isfinite(double(e.lse[std::size_t(i)])) ? std::fabs(e.lse[std::size_t(i)]) : Wide(0);
+    errors[std::size_t(i)] =
+        2 * (2 * (ds + lse * eps / 2 + 8 * eps) + 2 * gamma<T>(dv + 2) + gamma<T>(std::max(nq, nk) + 2) + 16 * eps);
+  }
+  return errors;
+}
+
+/// max over elements of |got - want| / bound (bound + the type's smallest normal), with the worst element.
+template <class T>
+void check_within(const Matrix<T>& got, const Matrix<Wide>& want, const Matrix<Wide>& bound, const std::string& what,
+                  Wide relative = 0) {
+  REQUIRE(got.rows() == want.rows());
+  REQUIRE(got.cols() == want.cols());
+  Wide worst = 0;
+  Index wi = 0, wj = 0;
+  for (Index i = 0; i < got.rows(); ++i)
+    for (Index j = 0; j < got.cols(); ++j) {
+      const Wide tol = bound(i, j) + relative * (1 + std::fabs(want(i, j))) + std::numeric_limits<T>::min();
+      const Wide ratio = std::fabs(Wide(got(i, j)) - want(i, j)) / tol;
+      if (!(ratio <= worst)) worst = ratio, wi = i, wj = j;
+    }
+  INFO(what << ": worst (" << wi << ", " << wj << ") got " << double(got(wi, wj)) << " want "
+            << double(want(wi, wj)) << ", error / tolerance " << double(worst));
+  CHECK(worst <= 1);
+}
+
+/// The library's forward (O and LSE) and backward for one call.
+template <class T>
+sdpa::AttentionGradients<T> library_gradients(const Matrix<T>& Q, const Matrix<T>& K, const Matrix<T>& V,
+                                              const Matrix<T>& dO, const sdpa::Options& options) {
+  Matrix<T> O(Q.rows(), V.cols());
+  sdpa::Vector<T> lse(Q.rows());
+  sdpa::attention_into(Q, K, V, O, lse, options);
+  return sdpa::attention_backward(Q, K, V, O, lse, dO, options);
+}
+
+/// Named mask and variant cases over nq queries and nk keys (bias values drawn from `gen`).
+std::vector<std::pair<std::string, MaskSpec>> cases(Index nq, Index nk, std::mt19937_64& gen) {
+  std::vector<std::pair<std::string, MaskSpec>> out;
+  out.push_back({"plain", MaskSpec{}});
+  MaskSpec causal;
+  causal.causal = true;
+  out.push_back({"causal", causal});
+  MaskSpec boolean;
+  boolean.allowed = random_matrix<double>(nq, nk, gen).unaryExpr([](double x) { return x > -0.4; });
+  boolean.allowed.row(0).setConstant(false);  // a fully masked row: gradient 0
+  out.push_back({"bool mask with a fully masked row", boolean});
+  MaskSpec bias;
+  bias.bias = random_matrix<double>(nq, nk, gen, -2, 2);
+  out.push_back({"bias", bias});
+  MaskSpec row_bias;
+  row_bias.bias = random_matrix<double>(1, nk, gen, -2, 2);
+  row_bias.causal = true;
+  out.push_back({"1 x Nk bias, causal", row_bias});
+  MaskSpec lengths;
+  for (Index i = 0; i < nq; ++i) lengths.lengths.push_back(i == 1 ? 0 : (i * 7) % (nk + 1));
+  out.push_back({"key lengths", lengths});
+  MaskSpec window;
+  window.window_left = 3;
+  window.window_right = 1;
+  out.push_back({"window", window});
+  MaskSpec alibi;
+  alibi.alibi = true;
+  alibi.slope = 0.25;
+  alibi.causal = true;
+  out.push_back({"ALiBi, causal", alibi});
+  MaskSpec softcap;
+  softcap.softcap = 1.5;
+  out.push_back({"soft cap", softcap});
+  MaskSpec sink;
+  sink.has_sink = true;
+  sink.sink = 0.7;
+  sink.lengths = {nk / 2};
+  out.push_back({"sink, key lengths", sink});
+  MaskSpec all = bias;
+  all.causal = true;
+  all.softcap = 2.0;
+  all.alibi = true;
+  all.slope = 0.1;
+  all.has_sink = true;
+  all.sink = -0.3;
+  all.window_left = 5;
+  out.push_back({"everything", all});
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("the test's gradient oracle matches central finite differences", "[backward]") {
+  auto gen = rng(0xbac1);
+  const Index nq = 5, nk = 7, dk = 4, dv = 3;
+  const Matrix<Wide> Q = random_matrix<Wide>(nq, dk, gen, -1.5, 1.5), K = random_matrix<Wide>(nk, dk, gen, -1.5, 1.5);
+  const Matrix<Wide> V = random_matrix<Wide>(nk, dv, gen), dO = random_matrix<Wide>(nq, dv, gen);
+  const double scale = 0.6;
+  for (const auto& [name, mask] : cases(nq, nk, gen)) {
+    INFO(name);
+    const ExpectedGradients g = expected_gradients(Q, K, V, dO, scale, mask);
+    const auto loss = [&](const Matrix<Wide>& q, const Matrix<Wide>& k, const Matrix<Wide>& v, const MaskSpec& m) {
+      return (reference(q, k, v, scale, m).out.array() * dO.array()).sum();
+    };
+    const Wide h = 1e-5L;
+    const auto numeric = [&](auto perturbed) {  // (L(x + h) - L(x - h)) / 2h
+      return (perturbed(h) - perturbed(-h)) / (2 * h);
+    };
+    const auto check = [&](Wide analytic, Wide finite_difference) {
+      CHECK(double(std::fabs(analytic - finite_difference)) <= 1e-8 * (1 + double(std::fabs(analytic))));
+    };
+    for (Index i = 0; i < nq; ++i)
+      for (Index c = 0; c < dk; ++c)
+        check(g.dq(i, c), numeric([&](Wide d) { Matrix<Wide> q = Q; q(i, c) += d; return loss(q, K, V, mask); }));
+    for (Index j = 0; j < nk; ++j) {
+      for (Index c = 0; c < dk; ++c)
+        check(g.dk(j, c), numeric([&](Wide d) { Matrix<Wide> k = K; k(j, c) += d; return loss(Q, k, V, mask); }));
+      for (Index c = 0; c < dv; ++c)
+        check(g.dv(j, c), numeric([&](Wide d) { Matrix<Wide> v = V; v(j, c) += d; return loss(Q, K, v, mask); }));
+    }
+    for (Index i = 0; i < g.dbias.rows(); ++i)
+      for (Index j = 0; j < nk; ++j)
+        check(g.dbias(i, j), numeric([&](Wide d) {
+          MaskSpec m = mask;
+          m.bias(i, j) += double(d);
+          return loss(Q, K, V, m);
+        }));
+    if (mask.has_sink)
+      check(g.dsink, numeric([&](Wide d) {
+        MaskSpec m = mask;
+        m.sink += double(d);
+        return loss(Q, K, V, m);
+      }));
+  }
+}
+
+TEST_CASE("backward in double: every path, every option, against the oracle", "[backward]") {
+  auto gen = rng(0xbac2);
+  // (nq, nk) with more keys than queries and fewer; tiny forced tiles reach every remainder
+  for (const auto& [nq, nk] : std::vector<std::pair<Index, Index>>{{5, 9}, {9, 4}, {23, 37}}) {
+    const Index dk = 6, dv = 5;
+    const Matrix<double> Q = random_matrix<double>(nq, dk, gen, -1.5, 1.5), K = random_matrix<double>(nk, dk, gen, -1.5, 1.5);
+    const Matrix<double> V = random_matrix<double>(nk, dv, gen), dO = random_matrix<double>(nq, dv, gen);
+    for (const auto& [name, mask] : cases(nq, nk, gen))
+      for (const sdpa::Kernel kernel : all_kernels())
+        for (const sdpa::BlockConfig blocks : {sdpa::BlockConfig{}, sdpa::BlockConfig{2, 3}}) {
+          INFO(name << ", " << sdpa_test::name(kernel) << ", " << nq << "x" << nk << ", blocks " << blocks.query_rows << "x"
+                    << blocks.key_rows);
+          sdpa::Options options = mask.options(kernel);
+          options.scale = 0.45;
+          options.blocks = blocks;
+          const ExpectedGradients want = expected_gradients(Q, K, V, dO, 0.45, mask);
+          const sdpa::AttentionGradients<double> got = library_gradients(Q, K, V, dO, options);
+          const auto zero = [](const Matrix<Wide>& m) { return Matrix<Wide>::Zero(m.rows(), m.cols()); };
+          check_within(got.dQ, want.dq, zero(want.dq), "dQ", 1e-11);
+          check_within(got.dK, want.dk, zero(want.dk), "dK", 1e-11);
+          check_within(got.dV, want.dv, zero(want.dv), "dV", 1e-11);
+          if (mask.bias.size() != 0) check_within(got.dbias, want.dbias, zero(want.dbias), "dbias", 1e-11);
+          if (mask.has_sink) {
+            REQUIRE(got.dsinks.size() == 1);
+            CHECK(std::fabs(got.dsinks[0] - double(want.dsink)) <= 1e-11 * (1 + std::fabs(double(want.dsink))));
+          }
+        }
+  }
+}
+
+TEST_CASE("backward in float: every path within the derived tolerance", "[backward]") {
+  auto gen = rng(0xbac3);
+  struct Shape { Index nq, nk, dk, dv; };
+  for (const Shape s : {Shape{7, 13, 8, 8}, Shape{70, 150, 32, 16}, Shape{33, 300, 20, 36}, Shape{130, 97, 64, 64}}) {
+    const Matrix<float> Q = random_matrix<float>(s.nq, s.dk, gen, -2, 2), K = random_matrix<float>(s.nk, s.dk, gen, -2, 2);
+    const Matrix<float> V = random_matrix<float>(s.nk, s.dv, gen), dO = random_matrix<float>(s.nq, s.dv, gen);
+    const double scale = 1.0 / std::sqrt(double(s.dk));
+    for (const auto& [name, mask] : cases(s.nq, s.nk, gen)) {
+      const Expected e = reference(Q, K, V, scale, mask);
+      const ExpectedGradients want =
+          expected_gradients(Q, K, V, dO, scale, mask, weight_errors<float>(e, s.nq, s.nk, s.dk, s.dv));
+      // The float backward is given the exact O and LSE, rounded to float: its own error only.
+      const Matrix<float> O = e.out.cast<float>();
+      sdpa::Vector<float> lse(s.nq);
+      for (Index i = 0; i < s.nq; ++i) lse[i] = float(e.lse[std::size_t(i)]);
+      for (const sdpa::Kernel kernel : all_kernels())
+        for (const sdpa::BlockConfig blocks : {sdpa::BlockConfig{}, sdpa::BlockConfig{5, 17}}) {
+          INFO(name << ", " << sdpa_test::name(kernel) << ", " << s.nq << "x" << s.nk << " d " << s.dk << "/" << s.dv
+                    << ", blocks " << blocks.query_rows << "x" << blocks.key_rows);
+          sdpa::Options options = mask.options(kernel);
+          options.blocks = blocks;
+          const sdpa::AttentionGradients<float> got = sdpa::attention_backward(Q, K, V, O, lse, dO, options);
+          check_within(got.dQ, want.dq, want.dq_bound, "dQ");
+          check_within(got.dK, want.dk, want.dk_bound, "dK");
+          check_within(got.dV, want.dv, want.dv_bound, "dV");
+          if (mask.bias.size() != 0) check_within(got.dbias, want.dbias, want.dbias_bound, "dbias");
+          if (mask.has_sink)
+            CHECK(std::fabs(Wide(got.dsinks[0]) - want.dsink) <= want.dsink_bound + std::numeric_limits<float>::min());
+        }
+    }
+  }
+}
+
+TEST_CASE("backward matches PyTorch's autograd on the golden gradients", "[backward]") {
+  for (const char* file : {"grad_small.txt", "grad_bias_scale.txt", "grad_bool_mask.txt", "grad_causal_nq5_nk9.txt",
+                           "grad_causal_nq6_nk3.txt", "grad_large_logits.txt"}) {
+    const Golden g = load_golden(file);
+    const Matrix<double>&Q = g["Q"], &K = g["K"], &V = g["V"], &dO = g["dO"];
+    MaskSpec mask;
+    mask.causal = g.scalar("causal", 0) != 0;
+    if (g.has("mask")) mask.allowed = g["mask"].unaryExpr([](double x) { return x != 0; });
+    if (g.has("bias")) mask.bias = g["bias"];
+    const double scale = g.scalar("scale", 1.0 / std::sqrt(double(Q.cols())));
+    sdpa::Vector<double> lse = g["lse"].row(0).transpose();
+    const Matrix<float> q = Q.cast<float>(), k = K.cast<float>(), v = V.cast<float>(), d_out = dO.cast<float>(),
+                        o = g["out"].cast<float>();
+    sdpa::Vector<float> lse_float = lse.cast<float>();
+    const Expected e = reference(q, k, v, scale, mask);
+    const ExpectedGradients bounds =
+        expected_gradients(q, k, v, d_out, scale, mask, weight_errors<float>(e, q.rows(), k.rows(), q.cols(), v.cols()));
+    for (const sdpa::Kernel kernel : all_kernels()) {
+      INFO(file << ", " << sdpa_test::name(kernel));
+      sdpa::Options options = mask.options(kernel);
+      options.scale = scale;
+      const auto exact = [](const Matrix<double>& m) { return m.cast<Wide>(); };
+      const auto none = [](const Matrix<double>& m) { return Matrix<Wide>::Zero(m.rows(), m.cols()); };
+      const auto d = sdpa::attention_backward(Q, K, V, g["out"], lse, dO, options);
+      check_within(d.dQ, exact(g["dQ"]), none(g["dQ"]), "dQ, double", 1e-12);
+      check_within(d.dK, exact(g["dK"]), none(g["dK"]), "dK, double", 1e-12);
+      check_within(d.dV, exact(g["dV"]), none(g["dV"]), "dV, double", 1e-12);
+      if (g.has("dbias")) check_within(d.dbias, exact(g["dbias"]), none(g["dbias"]), "dbias, double", 1e-12);
+      // float, against PyTorch's float64 answer within float's derived bound
+      const auto f = sdpa::attention_backward(q, k, v, o, lse_float, d_out, options);
+      check_within(f.dQ, exact(g["dQ"]), bounds.dq_bound, "dQ, float");
+      check_within(f.dK, exact(g["dK"]), bounds.dk_bound, "dK, float");
+      check_within(f.dV, exact(g["dV"]), bounds.dv_bound, "dV, float");
+      if (g.has("dbias")) check_within(f.dbias, exact(g["dbias"]), bounds.dbias_bound, "dbias, float");
+    }
+  }
+}
+
+TEST_CASE("backward: gradients are bit-identical for any thread count and any slabs' split", "[backward]") {
+  auto gen = rng(0xbac4);
+  const Index nq = 300, nk = 700, dk = 32, dv = 48;
+  const Matrix<float> Q = random_matrix<float>(nq, dk, gen), K = random_matrix<float>(nk, dk, gen);
+  const Matrix<float> V = random_matrix<float>(nk, dv, gen), dO = random_matrix<float>(nq, dv, gen);
+  const Index budget = sdpa::detail::backward_partial_bytes();
+  for (const sdpa::Kernel kernel : {sdpa::Kernel::Simd, sdpa::Kernel::Blocked})
+    for (const bool causal : {false, true}) {
+      INFO(sdpa_test::name(kernel) << (causal ? ", causal" : ""));
+      sdpa::Options options;
+      options.kernel = kernel;
+      options.causal = causal;
+      options.bias = random_matrix<float>(1, nk, gen);
+      options.threads = 1;
+      const auto one = library_gradients(Q, K, V, dO, options);
+      for (const int threads : {2, 3}) {
+        options.threads = threads;
+        const auto many = library_gradients(Q, K, V, dO, options);
+        CHECK(many.dQ == one.dQ);
+        CHECK(many.dK == one.dK);
+        CHECK(many.dV == one.dV);
+        CHECK(many.dbias == one.dbias);
+      }
+      // a pool that runs the items last first, one per call
+      options.parallel_for = [](Index count, const std::function<void(Index, Index)>& body) {
+        for (Index item = count; item-- > 0;) body(item, item + 1);
+      };
+      const auto reversed = library_gradients(Q, K, V, dO, options);
+      CHECK(reversed.dQ == one.dQ);
+      CHECK(reversed.dK == one.dK);
+      options.parallel_for = nullptr;
+      // partials for only a few query rows at a time: several slabs, the same sums in the same order
+      sdpa::detail::backward_partial_bytes() = 3 * 4 * 64 * Index(sizeof(float)) * 8;
+      const auto slabs = library_gradients(Q, K, V, dO, options);
+      sdpa::detail::backward_partial_bytes() = budget;
+      CHECK(slabs.dQ == one.dQ);
+      CHECK(slabs.dK == one.dK);
+      CHECK(slabs.dV == one.dV);
+    }
+}
+
+TEST_CASE("backward: a key of weight 0 adds nothing, whatever K and V hold there", "[backward]") {
+  auto gen = rng(0xbac5);
+  const Index nq = 19, nk = 40, dk = 16, dv = 16;
+  Matrix<float> Q = random_matrix<float>(nq, dk, gen), K = random_matrix<float>(nk, dk, gen);
+  Matrix<float> V = random_matrix<float>(nk, dv, gen);
+  const Matrix<float> dO = random_matrix<float>(nq, dv, gen);
+  MaskSpec mask;
+  mask.lengths = {27};
+  const Expected e = reference(Q, K, V, 1.0 / 4, mask);
+  const ExpectedGradients want = expected_gradients(Q, K, V, dO, 1.0 / 4, mask, weight_errors<float>(e, nq, nk, dk, dv));
+  K.bottomRows(nk - 27).setConstant(std::numeric_limits<float>::quiet_NaN());  // padding: never seen
+  V.bottomRows(nk - 27).setConstant(std::numeric_limits<float>::infinity());
+  for (const sdpa::Kernel kernel : all_kernels()) {
+    INFO(sdpa_test::name(kernel));
+    const sdpa::AttentionGradients<float> got = library_gradients(Q, K, V, dO, mask.options(kernel));
+    check_within(got.dQ, want.dq, want.dq_bound, "dQ");
+    check_within(Matrix<float>(got.dK.topRows(27)), Matrix<Wide>(want.dk.topRows(27)),
+                 Matrix<Wide>(want.dk_bound.topRows(27)), "dK");
+    CHECK(got.dK.bottomRows(nk - 27).isZero(0));
+    CHECK(got.dV.bottomRows(nk - 27).isZero(0));
+  }
+}
+
+TEST_CASE("backward: bad arguments are named, and nothing is written", "[backward][errors]") {
+  const Matrix<float> Q = Matrix<float>::Ones(4, 8), K = Matrix<float>::Ones(6, 8), V = Matrix<float>::Ones(6, 5);
+  const Matrix<float> O = Matrix<float>::Ones(4, 5), dO = Matrix<float>::Ones(4, 5);
+  const sdpa::Vector<float> lse = sdpa::Vector<float>::Zero(4);
+  Matrix<float> dQ = Matrix<float>::Constant(4, 8, 7), dK = Matrix<float>::Constant(6, 8, 7),
+                dV = Matrix<float>::Constant(6, 5, 7);
+  const auto untouched = [&] { return (dQ.array() == 7).all() && (dK.array() == 7).all() && (dV.array() == 7).all(); };
+  require_invalid([&] { sdpa::attention_backward_into(Q, K, V, O.leftCols(4), lse, dO, dQ, dK, dV); },
+                  {"attention_backward_into", "O is 4x4", "4x5"});
+  require_invalid([&] { sdpa::attention_backward_into(Q, K, V, O, lse, dO.topRows(3), dQ, dK, dV); }, {"dO is 3x5"});
+  require_invalid([&] { sdpa::attention_backward_into(Q, K, V, O, lse.head(3), dO, dQ, dK, dV); }, {"lse is 3x1"});
+  require_invalid([&] { sdpa::attention_backward_into(Q, K, V, O, lse, dO, dQ.leftCols(7), dK, dV); },
+                  {"dQ is 4x7", "4x8"});
+  require_invalid([&] { sdpa::attention_backward_into(Q, K.topRows(5), V, O, lse, dO, dQ, dK, dV); }, {"K is 5x8"});
+  Matrix<float> shared(6, 8);
+  require_invalid([&] { sdpa::attention_backward_into(Q, K, V, O, lse, dO, dQ, shared, shared.leftCols(5)); },
+                  {"dK", "overlaps", "dV"});
+  Matrix<float> q_copy = Q;
+  require_invalid([&] { sdpa::attention_backward_into(q_copy, K, V, O, lse, dO, q_copy, dK, dV); },
+                  {"dQ", "overlaps Q"});
+  Matrix<float> dbias(4, 6);
+  sdpa::ExtraGradients<float> extra;
+  extra.dbias = dbias;
+  require_invalid([&] { sdpa::attention_backward_into(Q, K, V, O, lse, dO, dQ, dK, dV, {}, extra); },
+                  {"dbias", "options.bias is empty"});
+  sdpa::Options options;
+  const Matrix<float> row_bias = Matrix<float>::Zero(1, 6);
+  options.bias = row_bias;
+  require_invalid([&] { sdpa::attention_backward_into(Q, K, V, O, lse, dO, dQ, dK, dV, options, extra); },
+                  {"dbias is 4x6", "1x6"});
+  float dsink = 0;
+  sdpa::ExtraGradients<float> sinks;
+  sinks.dsinks = &dsink;
+  require_invalid([&] { sdpa::attention_backward_into(Q, K, V, O, lse, dO, dQ, dK, dV, {}, sinks); },
+                  {"dsinks", "options.sinks is empty"});
+  options = {};
+  options.sequence_lengths = {3};
+  require_invalid([&] { sdpa::attention_backward_into(Q, K, V, O, lse, dO, dQ, dK, dV, options); },
+                  {"options.sequence_lengths"});
+  CHECK(untouched());
+}
+
+}  // namespace test_backward
