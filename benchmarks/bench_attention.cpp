@@ -22,6 +22,13 @@
 //   attention/eigen_typical/N:n/d:d/causal:0/...    unfused Eigen, fresh temporaries, as people write it
 //   attention/eigen_careful/N:n/d:d/causal:0/...    unfused Eigen, preallocated, in-place softmax
 //
+// Training (sdpa/backward.hpp), N = 1024 and 2048:
+//   training/forward/...                            Kernel::Simd forward with its LSEs, as training runs it
+//   training/backward/...                           attention_backward_into alone (O and LSEs given)
+//   training/forward_backward/...                   both: the bar is <= 4x training/forward's time
+//   training/eigen_backward_careful/...causal:0     the backward unfused in Eigen, preallocated, in place
+// backward counts 10 N^2 d H FLOPs (five products; causal half), forward_backward 14 N^2 d H.
+//
 // One iteration = H = 8 heads. Q, K, V and the output are N x (8 d) row-major matrices (the
 // projected [tokens, heads * d] layout); head h reads and writes the column slice
 // [h d, (h + 1) d) in place, without copying. Nothing is allocated inside the timed loop
@@ -108,6 +115,8 @@ struct Workspace {
   RowMatrix q, k, v, out;  // (N, H d): head h is columns [h d, (h + 1) d)
   RowMatrix a, b;          // sgemm operands: (N, H 2d) and (H 2d, N), head h a slice of each
   RowMatrix nn;            // (N, N): sgemm's C and eigen_careful's score buffer
+  RowMatrix d_out, dq, dk, dv, nn2;  // training: dO, the gradients, eigen_backward_careful's dP
+  sdpa::Matrix<float> lse;           // (H, N): each head's LSEs
 
   static Workspace& get(Index n, Index d) {
     static Workspace w;
@@ -132,6 +141,12 @@ struct Workspace {
   }
   void need_nn() {
     if (nn.size() == 0) nn = RowMatrix::Zero(n, n);
+  }
+  void need_training() {
+    if (d_out.size() != 0) return;
+    d_out = RowMatrix::Random(n, kHeads * d);
+    dq = dk = dv = RowMatrix::Zero(n, kHeads * d);
+    lse = sdpa::Matrix<float>::Zero(kHeads, n);
   }
 };
 
@@ -446,6 +461,81 @@ void BM_eigen_careful(benchmark::State& state, Index n, Index d, int threads) {
 }
 
 // ---------------------------------------------------------------------------------------
+// (e) training: the forward with its LSEs, the backward, both; and an unfused Eigen backward.
+
+double backward_flops(Index n, Index d, bool causal) { return 2.5 * attention_flops(n, d, causal); }
+
+void run_forward_with_lse(Workspace& w, Index heads, const sdpa::Options& options) {
+  const Index d = w.d;
+  for (Index h = 0; h < heads; ++h)
+    sdpa::attention_into(w.q.middleCols(h * d, d), w.k.middleCols(h * d, d), w.v.middleCols(h * d, d),
+                         w.out.middleCols(h * d, d), w.lse.row(h).transpose(), options);
+}
+
+void run_backward(Workspace& w, Index heads, const sdpa::Options& options) {
+  const Index d = w.d;
+  for (Index h = 0; h < heads; ++h)
+    sdpa::attention_backward_into(w.q.middleCols(h * d, d), w.k.middleCols(h * d, d), w.v.middleCols(h * d, d),
+                                  w.out.middleCols(h * d, d), w.lse.row(h).transpose(), w.d_out.middleCols(h * d, d),
+                                  w.dq.middleCols(h * d, d), w.dk.middleCols(h * d, d), w.dv.middleCols(h * d, d),
+                                  options);
+}
+
+/// `mode`: "forward", "backward" or "forward_backward".
+void BM_training(benchmark::State& state, std::string mode, Index n, Index d, bool causal, int threads) {
+  set_threads(threads);
+  Workspace& w = Workspace::get(n, d);
+  w.need_training();
+  sdpa::Options options;
+  options.kernel = sdpa::Kernel::Simd;
+  options.causal = causal;
+  options.threads = threads;
+  run_forward_with_lse(w, kHeads, options);  // untimed: the O and LSEs the backward reads, and warm scratch
+  run_backward(w, 1, options);
+  const bool forward = mode != "backward", backward = mode != "forward";
+  const double flops = (forward ? attention_flops(n, d, causal) : 0) + (backward ? backward_flops(n, d, causal) : 0);
+  PeakFraction fraction(sdpa::isa_name(sdpa::isa()), threads);
+  for (auto _ : state) {
+    fraction.start();
+    if (forward) run_forward_with_lse(w, kHeads, options);
+    if (backward) run_backward(w, kHeads, options);
+    benchmark::ClobberMemory();
+    fraction.stop(state, flops);
+  }
+  fraction.report(state);
+  set_gflops(state, flops);
+}
+
+/// The backward unfused, as one would write it carefully in Eigen: preallocated N x N buffers
+/// for P and dP, products with .noalias(), elementwise steps in place.
+void BM_eigen_backward_careful(benchmark::State& state, Index n, Index d, int threads) {
+  set_threads(threads);
+  Workspace& w = Workspace::get(n, d);
+  w.need_nn();
+  w.need_training();
+  if (w.nn2.size() == 0) w.nn2 = RowMatrix::Zero(n, n);
+  RowMatrix &P = w.nn, &dS = w.nn2;
+  Eigen::VectorXf row_dots(n);
+  const float scale = 1.0f / std::sqrt(float(d));
+  for (auto _ : state) {
+    for (Index h = 0; h < kHeads; ++h) {
+      const auto Q = w.q.middleCols(h * d, d), K = w.k.middleCols(h * d, d), V = w.v.middleCols(h * d, d);
+      const auto O = w.out.middleCols(h * d, d), dO = w.d_out.middleCols(h * d, d);
+      P.noalias() = scale * (Q * K.transpose());
+      softmax_rows_in_place(P, threads);
+      w.dv.middleCols(h * d, d).noalias() = P.transpose() * dO;
+      dS.noalias() = dO * V.transpose();
+      row_dots = (dO.array() * O.array()).rowwise().sum();
+      dS.array() = P.array() * (dS.colwise() - row_dots).array();
+      w.dq.middleCols(h * d, d).noalias() = scale * (dS * K);
+      w.dk.middleCols(h * d, d).noalias() = scale * (dS.transpose() * Q);
+    }
+    benchmark::ClobberMemory();
+  }
+  set_gflops(state, backward_flops(n, d, false));
+}
+
+// ---------------------------------------------------------------------------------------
 // (b) the practical ceiling: Eigen sgemm with one head's FLOPs and score shape,
 // C (N, N) = A (N, 2d) B (2d, N), H times per iteration: 2 N^2 (2d) H = 4 N^2 d H FLOPs.
 // With a depth of only 2d, C is written after few FLOPs per element; at N = 4096 it is 64 MiB,
@@ -518,6 +608,16 @@ void register_all() {
             benchmark::RegisterBenchmark(("attention/simd_f16/" + tail).c_str(), BM_sdpa_half<Eigen::half>, n, d,
                                          causal, threads)
                 ->UseRealTime();
+          }
+          if (n == 1024 || n == 2048) {
+            for (const std::string mode : {"forward", "backward", "forward_backward"})
+              benchmark::RegisterBenchmark(("training/" + mode + "/" + tail).c_str(), BM_training, mode, n, d, causal,
+                                           threads)
+                  ->UseRealTime();
+            if (!causal)
+              benchmark::RegisterBenchmark(("training/eigen_backward_careful/" + tail).c_str(),
+                                           BM_eigen_backward_careful, n, d, threads)
+                  ->UseRealTime();
           }
           // The unfused baselines compute every pair whatever the mask: causal would only
           // add a masking pass to the same work, so they are measured non-causal only.
