@@ -332,6 +332,132 @@ TEST_CASE("backward matches PyTorch's autograd on the golden gradients", "[backw
   }
 }
 
+TEST_CASE("batched backward: grouped-query heads match PyTorch's golden gradients", "[backward]") {
+  const Golden g = load_golden("grad_gqa.txt");
+  const Index hq = Index(g.scalar("heads_q", 0)), hkv = Index(g.scalar("heads_kv", 0));
+  const Index n = g["Q0"].rows(), d = g["Q0"].cols();
+  for (const sdpa::Kernel kernel : all_kernels()) {
+    INFO(sdpa_test::name(kernel));
+    // [1, N, H, d] buffers (the projected layout), filled head by head from the file
+    Matrix<double> q(n, hq * d), o(n, hq * d), d_out(n, hq * d), k(n, hkv * d), v(n, hkv * d);
+    for (Index h = 0; h < hq; ++h) {
+      q.middleCols(h * d, d) = g["Q" + std::to_string(h)];
+      d_out.middleCols(h * d, d) = g["dO" + std::to_string(h)];
+    }
+    for (Index h = 0; h < hkv; ++h) {
+      k.middleCols(h * d, d) = g["K" + std::to_string(h)];
+      v.middleCols(h * d, d) = g["V" + std::to_string(h)];
+    }
+    using View = sdpa::TensorView<const double>;
+    using Out = sdpa::TensorView<double>;
+    sdpa::Options options;
+    options.kernel = kernel;
+    options.causal = g.scalar("causal", 0) != 0;
+    Matrix<double> lse(hq, n), dq(n, hq * d), dk(n, hkv * d), dv(n, hkv * d);
+    sdpa::attention<double, double>(View::bnhd(q.data(), 1, n, hq, d), View::bnhd(k.data(), 1, n, hkv, d),
+                                    View::bnhd(v.data(), 1, n, hkv, d), Out::bnhd(o.data(), 1, n, hq, d),
+                                    Out::bhnd(lse.data(), 1, hq, n, 1), options);
+    sdpa::attention_backward<double>(View::bnhd(q.data(), 1, n, hq, d), View::bnhd(k.data(), 1, n, hkv, d),
+                                     View::bnhd(v.data(), 1, n, hkv, d), View::bnhd(o.data(), 1, n, hq, d),
+                                     View::bhnd(lse.data(), 1, hq, n, 1), View::bnhd(d_out.data(), 1, n, hq, d),
+                                     Out::bnhd(dq.data(), 1, n, hq, d), Out::bnhd(dk.data(), 1, n, hkv, d),
+                                     Out::bnhd(dv.data(), 1, n, hkv, d), options);
+    const auto none = [&] { return Matrix<Wide>::Zero(n, d); };
+    for (Index h = 0; h < hq; ++h) {
+      const std::string i = std::to_string(h);
+      check_within(Matrix<double>(o.middleCols(h * d, d)), g["out" + i].cast<Wide>(), none(), "out" + i, 1e-12);
+      check_within(Matrix<double>(dq.middleCols(h * d, d)), g["dQ" + i].cast<Wide>(), none(), "dQ" + i, 1e-12);
+    }
+    for (Index h = 0; h < hkv; ++h) {
+      const std::string i = std::to_string(h);
+      check_within(Matrix<double>(dk.middleCols(h * d, d)), g["dK" + i].cast<Wide>(), none(), "dK" + i, 1e-12);
+      check_within(Matrix<double>(dv.middleCols(h * d, d)), g["dV" + i].cast<Wide>(), none(), "dV" + i, 1e-12);
+    }
+  }
+}
+
+TEST_CASE("batched backward: every layout and batched mask gives the 2-D calls' gradients", "[backward]") {
+  auto gen = rng(0xbac6);
+  const Index batch = 2, hq = 4, hkv = 2, nq = 13, nk = 21, dk = 16, dv = 8, group = hq / hkv;
+  const auto as_matrix = [](const sdpa::MatrixView<const float>& m) {
+    Matrix<float> out(m.rows, m.cols);
+    for (Index i = 0; i < m.rows; ++i)
+      for (Index c = 0; c < m.cols; ++c) out(i, c) = m(i, c);
+    return out;
+  };
+  // a fused [B, N, 3, H, d] buffer for Q, K, V (nq == nk there) and its gradient, and [B, H, N, d] ones
+  for (const bool fused : {false, true}) {
+    INFO((fused ? "fused QKV (self-attention, MHA)" : "bhnd, grouped-query"));
+    const Index heads_kv = fused ? hq : hkv, keys = fused ? nq : nk, d = fused ? dk : 0;
+    const Index dvf = fused ? dk : dv;
+    Matrix<float> qkv = random_matrix<float>(batch * nq, 3 * hq * dk, gen);
+    Matrix<float> q_buf = random_matrix<float>(batch * hq * nq, dk, gen), k_buf = random_matrix<float>(batch * heads_kv * keys, dk, gen),
+                  v_buf = random_matrix<float>(batch * heads_kv * keys, dvf, gen);
+    using View = sdpa::TensorView<const float>;
+    using Out = sdpa::TensorView<float>;
+    View q, k, v;
+    if (fused) {
+      const sdpa::FusedQKV<const float> parts(qkv.data(), batch, nq, hq, d);
+      q = parts.q, k = parts.k, v = parts.v;
+    } else {
+      q = View::bhnd(q_buf.data(), batch, hq, nq, dk);
+      k = View::bhnd(k_buf.data(), batch, heads_kv, keys, dk);
+      v = View::bhnd(v_buf.data(), batch, heads_kv, keys, dvf);
+    }
+    Matrix<float> o_buf(batch * hq * nq, dvf), d_out = random_matrix<float>(batch * hq * nq, dvf, gen), lse(batch * hq, nq);
+    const Out o = Out::bhnd(o_buf.data(), batch, hq, nq, dvf);
+    sdpa::Options options;
+    options.sequence_lengths = {keys - 3, keys};
+    Matrix<bool> allowed = random_matrix<float>(hq, keys, gen).unaryExpr([](float x) { return x > -0.5f; });
+    options.batch_mask = sdpa::TensorView<const bool>{allowed.data(), 1, hq, 1, keys, 0, keys, 0};  // [1, H, 1, Nk]
+    options.alibi_slopes = {0.5, 0.25, 0.125, 0.0625};
+    options.blocks = {5, 7};
+    sdpa::attention<float, float>(q, k, v, o, Out::bhnd(lse.data(), batch, hq, nq, 1), options);
+    Matrix<float> dqkv(batch * nq, 3 * hq * dk), dq_buf(batch * hq * nq, dk), dk_buf(batch * heads_kv * keys, dk),
+                  dv_buf(batch * heads_kv * keys, dvf);
+    Out dq, dkv, dvv;
+    if (fused) {
+      const sdpa::FusedQKV<float> parts(dqkv.data(), batch, nq, hq, d);
+      dq = parts.q, dkv = parts.k, dvv = parts.v;
+    } else {
+      dq = Out::bhnd(dq_buf.data(), batch, hq, nq, dk);
+      dkv = Out::bhnd(dk_buf.data(), batch, heads_kv, keys, dk);
+      dvv = Out::bhnd(dv_buf.data(), batch, heads_kv, keys, dvf);
+    }
+    std::vector<float> dsinks(hq);
+    for (const sdpa::Kernel kernel : {sdpa::Kernel::Simd, sdpa::Kernel::Blocked, sdpa::Kernel::Reference}) {
+      INFO(sdpa_test::name(kernel));
+      options.kernel = kernel;
+      sdpa::attention_backward<float>(q, k, v, o, View::bhnd(lse.data(), batch, hq, nq, 1),
+                                      View::bhnd(d_out.data(), batch, hq, nq, dvf), dq, dkv, dvv, options);
+      // the same heads through the 2-D API, summed over each group in head order
+      for (Index b = 0; b < batch; ++b)
+        for (Index g = 0; g < heads_kv; ++g) {
+          const Index heads_here = fused ? 1 : group;
+          Matrix<float> dk_sum = Matrix<float>::Zero(keys, dk), dv_sum = Matrix<float>::Zero(keys, dvf);
+          for (Index h = g * heads_here; h < (g + 1) * heads_here; ++h) {
+            sdpa::Options head = options;
+            head.batch_mask = {};
+            head.sequence_lengths.clear();
+            head.key_lengths = {options.sequence_lengths[std::size_t(b)]};
+            head.mask = Matrix<bool>(allowed.row(h));
+            head.alibi_slopes = {options.alibi_slopes[std::size_t(h)]};
+            const Matrix<float> qh = as_matrix(q.head(b, h)), kh = as_matrix(k.head(b, g)), vh = as_matrix(v.head(b, g));
+            const Matrix<float> oh = as_matrix(View(o).head(b, h));
+            const sdpa::Vector<float> lse_h = lse.row(b * hq + h).transpose();
+            const auto want = sdpa::attention_backward(qh, kh, vh, oh, lse_h,
+                                                       as_matrix(View::bhnd(d_out.data(), batch, hq, nq, dvf).head(b, h)), head);
+            CHECK(as_matrix(View(dq).head(b, h)) == want.dQ);
+            if (h == g * heads_here) dk_sum = want.dK, dv_sum = want.dV;
+            else dk_sum += want.dK, dv_sum += want.dV;
+          }
+          CHECK(as_matrix(View(dkv).head(b, g)) == dk_sum);
+          CHECK(as_matrix(View(dvv).head(b, g)) == dv_sum);
+        }
+    }
+  }
+}
+
 TEST_CASE("backward: gradients are bit-identical for any thread count and any slabs' split", "[backward]") {
   auto gen = rng(0xbac4);
   const Index nq = 300, nk = 700, dk = 32, dv = 48;

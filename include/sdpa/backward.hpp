@@ -5,6 +5,7 @@
 #pragma once
 
 #include "attention.hpp"
+#include "batched.hpp"
 #include "kernels/reference_backward.hpp"
 
 #include <type_traits>
@@ -30,6 +31,24 @@ struct ExtraGradients {
 };
 
 namespace detail {
+
+/// Runs the chosen path's backward pass on one head's validated inputs.
+template <class T>
+void backward_head(const kernels::BackwardInputs<T>& in, const kernels::GradientViews<T>& grads, const Options& options) {
+  switch (resolve_kernel<T>(options.kernel, in.q.rows, in.k.rows)) {
+    case Kernel::Reference: {
+      const ScratchLease<T, Slot::BackwardRows> row_dots(in.q.rows);
+      return kernels::reference_backward(in, grads, options, row_dots.data());
+    }
+    case Kernel::Simd:
+      if constexpr (std::is_same_v<T, float>)
+        return kernels::with_target(sdpa::isa(), [&](auto target) {
+          decltype(target)::backward_head(in, grads, options, true);
+        });
+      [[fallthrough]];
+    default: return kernels::scalar::Target::backward_head(in, grads, options, false);
+  }
+}
 
 /// Every check of a backward call, then the chosen path. Nothing is written before the checks
 /// have passed.
@@ -80,23 +99,10 @@ void run_backward(const char* fn, const Input<T>& q, const Input<T>& k, const In
     for (std::size_t b = a + 1; b < std::size(results); ++b) check(results[b].first, results[b].second);
   }
 
-  const kernels::BackwardInputs<T> in{q.view(), k.view(), v.view(), o.view(), d_out.view(), lse.data,
-                                      resolve_scale<T>(fn, options, dk), HeadMasks::of(options)};
-  switch (resolve_kernel<T>(options.kernel, nq, nk)) {
-    case Kernel::Reference: {
-      const ScratchLease<T, Slot::BackwardRows> row_dots(nq);
-      return kernels::reference_backward(in, grads, options, row_dots.data());
-    }
-    case Kernel::Simd:
-      if constexpr (std::is_same_v<T, float>)
-        return kernels::with_target(sdpa::isa(), [&](auto target) {
-          decltype(target)::backward_head(in, grads, options, true);
-        });
-      [[fallthrough]];
-    default: return kernels::scalar::Target::backward_head(in, grads, options, false);
-  }
+  backward_head<T>(
+      {q.view(), k.view(), v.view(), o.view(), d_out.view(), lse.data, resolve_scale<T>(fn, options, dk), HeadMasks::of(options)},
+      grads, options);
 }
-
 }  // namespace detail
 
 /// The gradients of O = attention(Q, K, V, options) with respect to Q, K and V, written into
@@ -155,6 +161,99 @@ AttentionGradients<typename DQ::Scalar> attention_backward(const Eigen::MatrixBa
   detail::run_backward<T>("attention_backward", q, k, v, o, MatrixView<const T>(lse.data(), lse.size(), 1, 1), d_out,
                           {view(g.dQ), view(g.dK), view(g.dV), extra.dbias, extra.dsinks}, options);
   return g;
+}
+
+/// The gradients of the batched attention(q, k, v, out, lse, options) with respect to Q, K
+/// and V, for every sequence and head, in any layout (TensorView::bhnd, bnhd, FusedQKV: a
+/// fused dQKV buffer is written in place). With grouped-query heads, dK and dV of a key/value
+/// head are the sums over its query heads, added in head order. `lse`: [B, H_q, N_q, 1] with
+/// each head's LSEs contiguous (token_stride 1), as the batched forward wrote them. `dsinks`,
+/// when not null, receives one gradient per query head (summed over the batch). Heads run one
+/// after another, each on every thread; results do not depend on the thread count.
+template <class T>
+void attention_backward(const TensorView<const T>& q, const TensorView<const T>& k, const TensorView<const T>& v,
+                        const TensorView<const T>& o, const TensorView<const T>& lse,
+                        const TensorView<const T>& d_out, const TensorView<T>& dq, const TensorView<T>& dk,
+                        const TensorView<T>& dv, const Options& options = {}, T* dsinks = nullptr) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, long double>,
+                "sdpa::attention_backward: Q, K, V, O and dO must all be float, double or long double");
+  const char* fn = "attention_backward";
+  sdpa::isa();
+  const TensorView<T> o_as_out{const_cast<T*>(o.data), o.batch, o.heads, o.tokens, o.features, o.batch_stride,
+                               o.head_stride, o.token_stride};
+  detail::validate_batched(q, k, v, o_as_out, options, fn);
+  const auto same_sizes = [&](const char* name, const auto& t, const auto& like, const char* like_name) {
+    if (t.batch != like.batch || t.heads != like.heads || t.tokens != like.tokens || t.features != like.features)
+      detail::fail(fn, detail::shape4(name, t), " must have the sizes of ", detail::shape4(like_name, like));
+  };
+  same_sizes("dO", d_out, o, "O");
+  same_sizes("dQ", dq, q, "Q");
+  same_sizes("dK", dk, k, "K");
+  same_sizes("dV", dv, v, "V");
+  if (lse.batch != q.batch || lse.heads != q.heads || lse.tokens != q.tokens || lse.features != 1 ||
+      (lse.tokens > 1 && lse.token_stride != 1))
+    detail::fail(fn, detail::shape4("lse", lse), " must be [", q.batch, ", ", q.heads, ", ", q.tokens,
+                 ", 1] with each head's LSEs contiguous (token stride 1, not ", lse.token_stride, ")");
+  if (dsinks && options.sinks.empty())
+    detail::fail(fn, "dsinks is requested but options.sinks is empty: there is no sink logit to differentiate");
+  std::pair<std::uintptr_t, std::uintptr_t> range;
+  for (const auto& [name, grad] : {std::pair<const char*, TensorView<T>>{"dQ", dq}, {"dK", dk}, {"dV", dv}}) {
+    if (grad.batch_stride < 0 || grad.head_stride < 0 || grad.token_stride < 0 || !detail::span(grad, range))
+      detail::fail(fn, name, "'s strides must not be negative or too large to address");
+    if (!detail::owns_its_elements(grad))
+      detail::fail(fn, detail::shape4(name, grad), "'s strides give two elements one place: results would overwrite each other");
+  }
+  // No gradient head may touch an input head or another gradient head (a fused dQKV buffer
+  // interleaves its three parts without overlap: compared head by head, exactly).
+  const auto heads_overlap = [&](const TensorView<T>& grad, const auto& other, bool same) {
+    for (Index b = 0; b < q.batch; ++b)
+      for (Index h = 0; h < grad.heads; ++h)
+        for (Index g = 0; g < other.heads; ++g)
+          if (!(same && g == h) && detail::overlaps(MatrixView<const T>(grad.head(b, h)), other.head(b, g))) return true;
+    return false;
+  };
+  const std::pair<const char*, TensorView<const T>> inputs[] = {{"Q", q}, {"K", k}, {"V", v}, {"O", o}, {"dO", d_out},
+                                                                {"lse", lse}};
+  const std::pair<const char*, TensorView<T>> grads[] = {{"dQ", dq}, {"dK", dk}, {"dV", dv}};
+  for (std::size_t a = 0; a < 3; ++a) {
+    for (const auto& [name, input] : inputs)
+      if (heads_overlap(grads[a].second, input, false))
+        detail::fail(fn, grads[a].first, " overlaps ", name, ": results would overwrite inputs still being read");
+    for (std::size_t b = a; b < 3; ++b)
+      if (heads_overlap(grads[a].second, TensorView<const T>(grads[b].second), a == b))
+        detail::fail(fn, grads[a].first, " overlaps ", grads[b].first, ": results would overwrite each other");
+  }
+
+  const double scale = detail::resolve_scale<T>(fn, options, q.features);
+  const Index group = q.heads / std::max<Index>(1, k.heads);
+  const Index nk = k.tokens, dkf = k.features, dvf = v.features;
+  // A group's second and later query heads write their dK and dV here, then add them in.
+  const detail::ScratchLease<T, detail::Slot::BackwardGroup> extra(group > 1 ? nk * (dkf + dvf) : 0);
+  if (dsinks) std::fill(dsinks, dsinks + q.heads, T(0));
+  for (Index b = 0; b < q.batch; ++b)
+    for (Index h = 0; h < q.heads; ++h) {
+      const Index g = h / group;
+      const bool first = h % group == 0;
+      kernels::GradientViews<T> head{dq.head(b, h), dk.head(b, g), dv.head(b, g)};
+      if (!first) {
+        head.dk = MatrixView<T>(extra.data(), nk, dkf, dkf);
+        head.dv = MatrixView<T>(extra.data() + nk * dkf, nk, dvf, dvf);
+      }
+      T dsink = T(0);
+      if (dsinks) head.dsink = &dsink;
+      const MatrixView<const T> head_lse = lse.head(b, h);
+      detail::backward_head<T>({q.head(b, h), k.head(b, g), v.head(b, g), o.head(b, h), d_out.head(b, h),
+                                head_lse.data, scale, detail::head_masks(options, b, h)},
+                               head, options);
+      if (dsinks) dsinks[h] += dsink;
+      if (first) continue;
+      for (Index j = 0; j < nk; ++j) {
+        T* to_k = dk.head(b, g).row(j);
+        T* to_v = dv.head(b, g).row(j);
+        for (Index e = 0; e < dkf; ++e) to_k[e] += head.dk(j, e);
+        for (Index e = 0; e < dvf; ++e) to_v[e] += head.dv(j, e);
+      }
+    }
 }
 
 SDPA_END_NAMESPACE

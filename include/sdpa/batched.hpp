@@ -201,6 +201,35 @@ void attention(const TensorView<const T>& q, const TensorView<const S>& k, const
   if constexpr (!is_quantized<S>) kernels::scalar::Target::blocked_batch(q, k, v, out, scale, options);
 }
 
+/// The batched attention that also writes each row's LSE into `lse`, [B, H_q, N_q, 1] with
+/// each head's LSEs contiguous (TensorView::bhnd(data, B, H, N, 1)): what the batched
+/// attention_backward reads. (Heads run one after another, each on every thread.)
+template <class T, class S>
+void attention(const TensorView<const T>& q, const TensorView<const S>& k, const TensorView<const S>& v,
+               const TensorView<T>& out, const TensorView<compute_type<T>>& lse, const Options& options = {}) {
+  detail::check_storage<T, S>();
+  sdpa::isa();
+  detail::validate_batched(q, k, v, out, options);
+  if (lse.batch != q.batch || lse.heads != q.heads || lse.tokens != q.tokens || lse.features != 1 ||
+      (lse.tokens > 1 && lse.token_stride != 1))
+    detail::fail("attention", detail::shape4("lse", lse), " must be [", q.batch, ", ", q.heads, ", ", q.tokens,
+                 ", 1] with each head's LSEs contiguous (token stride 1, not ", lse.token_stride, ")");
+  for (Index b = 0; b < q.batch; ++b)
+    for (Index h = 0; h < q.heads; ++h)
+      for (Index g = 0; g < k.heads; ++g)
+        if (detail::overlaps(lse.head(b, h), k.head(b, g)) || detail::overlaps(lse.head(b, h), v.head(b, g)) ||
+            detail::overlaps(lse.head(b, h), q.head(b, h)) ||
+            detail::overlaps(lse.head(b, h), MatrixView<const T>(out.head(b, h))))
+          detail::fail("attention", "lse overlaps Q, K, V or out (batch ", b, ", head ", h, ")");
+  if (q.batch == 0 || q.heads == 0) return;
+  const double scale = detail::resolve_scale<compute_type<T>>("attention", options, q.features);
+  const Index group = q.heads / k.heads;
+  for (Index b = 0; b < q.batch; ++b)
+    for (Index h = 0; h < q.heads; ++h)
+      detail::dispatch<T, S>(q.head(b, h), k.head(b, h / group), v.head(b, h / group), out.head(b, h),
+                             lse.head(b, h).data, scale, detail::head_masks(options, b, h), options);
+}
+
 /// Every view of one element type T: `sdpa::attention<float>(q, k, v, out)` converts views of
 /// mutable memory to the read-only views it takes.
 template <class T>

@@ -19,7 +19,7 @@ namespace detail {
 enum class Slot {
   QueryTile, Scores, Accumulator, RowStats, Rescale, TotalAccumulator, RowTotals, ReferenceRow, Packed, ChunkPacked,
   Partials, GroupQueries, GroupOutputs, RowAlibi, Ones, PagedRows, QueryPairs, WeightPairs,
-  BackwardRows, BackwardTouched, BackwardTile
+  BackwardRows, BackwardTouched, BackwardTile, BackwardGroup
 };
 
 /// Cache-line (and zmm) aligned storage from C++17's aligned new: the same allocation and
