@@ -458,6 +458,81 @@ TEST_CASE("batched backward: every layout and batched mask gives the 2-D calls' 
   }
 }
 
+TEST_CASE("SelfAttention::backward matches PyTorch's golden layer gradients", "[backward][layer]") {
+  for (const char* file : {"grad_layer_cross_two_heads.txt", "grad_layer_four_heads_causal.txt"}) {
+    const Golden g = load_golden(file);
+    sdpa::AttentionWeights<double> w;
+    w.Wq = g["Wq"], w.Wk = g["Wk"], w.Wv = g["Wv"], w.Wo = g["Wo"];
+    w.bq = g["bq"], w.bk = g["bk"], w.bv = g["bv"], w.bo = g["bo"];
+    const sdpa::SelfAttention<double> layer(w, Index(g.scalar("heads", 1)));
+    const bool cross = g.has("memory");
+    for (const sdpa::Kernel kernel : all_kernels()) {
+      INFO(file << ", " << sdpa_test::name(kernel));
+      sdpa::Options options;
+      options.kernel = kernel;
+      options.causal = g.scalar("causal", 0) != 0;
+      const sdpa::LayerGradients<double> d =
+          cross ? layer.backward(g["X"], g["memory"], g["dY"], options) : layer.backward(g["X"], g["dY"], options);
+      const auto check = [&](const Matrix<double>& got, const char* name) {
+        check_within(got, g[name].cast<Wide>(), Matrix<Wide>::Zero(got.rows(), got.cols()), name, 1e-12);
+      };
+      check(d.dX, "dX");
+      if (cross) check(d.dmemory, "dmemory");
+      else CHECK(d.dmemory.size() == 0);
+      check(d.weights.Wq, "dWq"), check(d.weights.Wk, "dWk"), check(d.weights.Wv, "dWv"), check(d.weights.Wo, "dWo");
+      check(d.weights.bq, "dbq"), check(d.weights.bk, "dbk"), check(d.weights.bv, "dbv"), check(d.weights.bo, "dbo");
+    }
+  }
+}
+
+TEST_CASE("SelfAttention::backward matches central finite differences: grouped-query heads, masks", "[backward][layer]") {
+  auto gen = rng(0xbac7);
+  const Index d_model = 8, heads = 4, kv_heads = 2, n = 6;
+  auto layer = sdpa::SelfAttention<double>::random(d_model, heads, 11, true, true, kv_heads);
+  sdpa::AttentionWeights<double> w = layer.weights();
+  w.bq = random_matrix<double>(1, w.Wq.cols(), gen), w.bk = random_matrix<double>(1, w.Wk.cols(), gen);
+  w.bv = random_matrix<double>(1, w.Wv.cols(), gen), w.bo = random_matrix<double>(1, w.Wo.cols(), gen);
+  const Matrix<double> X = random_matrix<double>(n, d_model, gen), dY = random_matrix<double>(n, d_model, gen);
+  sdpa::Options options;
+  options.causal = true;
+  options.key_lengths = {4, 4, 5, 5, 6, 6};
+  options.alibi_slopes = {0.5, 0.25, 0.125, 0.0625};
+  for (const sdpa::Kernel kernel : {sdpa::Kernel::Reference, sdpa::Kernel::Blocked}) {
+    INFO(sdpa_test::name(kernel));
+    options.kernel = kernel;
+    const sdpa::SelfAttention<double> at(w, heads, kv_heads);
+    const sdpa::LayerGradients<double> g = at.backward(X, dY, options);
+    const auto loss = [&](const sdpa::AttentionWeights<double>& weights, const Matrix<double>& x) {
+      return (sdpa::SelfAttention<double>(weights, heads, kv_heads).forward(x, options).array() * dY.array()).sum();
+    };
+    const double h = 1e-6;
+    const auto check_all = [&](auto&& get, const auto& analytic, const char* name) {
+      INFO(name);
+      double worst = 0;
+      for (Index i = 0; i < analytic.size(); ++i) {
+        sdpa::AttentionWeights<double> plus = w, minus = w;
+        Matrix<double> x_plus = X, x_minus = X;
+        get(plus, x_plus).data()[i] += h;
+        get(minus, x_minus).data()[i] -= h;
+        const double numeric = (loss(plus, x_plus) - loss(minus, x_minus)) / (2 * h);
+        worst = std::max(worst, std::fabs(numeric - analytic.data()[i]) / (1 + std::fabs(analytic.data()[i])));
+      }
+      CHECK(worst <= 1e-7);
+    };
+    using W = sdpa::AttentionWeights<double>;
+    check_all([](W&, Matrix<double>& x) -> auto& { return x; }, g.dX, "dX");
+    check_all([](W& v, Matrix<double>&) -> auto& { return v.Wq; }, g.weights.Wq, "dWq");
+    check_all([](W& v, Matrix<double>&) -> auto& { return v.Wk; }, g.weights.Wk, "dWk");
+    check_all([](W& v, Matrix<double>&) -> auto& { return v.Wv; }, g.weights.Wv, "dWv");
+    check_all([](W& v, Matrix<double>&) -> auto& { return v.Wo; }, g.weights.Wo, "dWo");
+    check_all([](W& v, Matrix<double>&) -> auto& { return v.bq; }, g.weights.bq, "dbq");
+    check_all([](W& v, Matrix<double>&) -> auto& { return v.bk; }, g.weights.bk, "dbk");
+    check_all([](W& v, Matrix<double>&) -> auto& { return v.bv; }, g.weights.bv, "dbv");
+    check_all([](W& v, Matrix<double>&) -> auto& { return v.bo; }, g.weights.bo, "dbo");
+  }
+  require_invalid([&] { layer.backward(X, Matrix<double>(dY.leftCols(5))); }, {"SelfAttention::backward", "dY is 6x5"});
+}
+
 TEST_CASE("backward: gradients are bit-identical for any thread count and any slabs' split", "[backward]") {
   auto gen = rng(0xbac4);
   const Index nq = 300, nk = 700, dk = 32, dv = 48;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "attention.hpp"
+#include "backward.hpp"
 #include "kv_cache.hpp"
 #include "paged_kv_cache.hpp"
 #include "projection.hpp"
@@ -41,6 +42,19 @@ struct AttentionWeights {
   /// @{
   RowVector<T> bo;
   /// @}
+};
+
+/// The gradients of a layer's output with respect to its inputs and parameters
+/// (SelfAttention::backward).
+template <class T>
+struct LayerGradients {
+  /// The queries' input X: N x d_model (for self-attention, through the keys and values too).
+  Matrix<T> dX;
+  /// Cross-attention's memory: M x d_kv; empty for self-attention.
+  Matrix<T> dmemory;
+  /// dWq, dWk, dWv, dbq, dbk, dbv, dWo, dbo, in the shapes of the layer's own parameters
+  /// (empty where the layer has none).
+  AttentionWeights<T> weights;
 };
 
 }  // namespace sdpa
@@ -113,6 +127,27 @@ class SelfAttention {
                     const Options& options = {}) const {
     const detail::Input<T> x(X), m(memory);
     return run(x, m, "memory", options);
+  }
+
+  /// The gradients of L = sum(dY * forward(X, options)): of X and of every parameter. The
+  /// forward is computed again inside (the layer keeps no activations), then each head's
+  /// backward pass (attention_backward) and the projections' gradients: dW = X^T dQ, db =
+  /// sum over tokens, dX = dQ Wq^T + dK Wk^T + dV Wv^T. Grouped-query heads sum their dK and
+  /// dV. Q, K, V, X and dY are float, double or long double.
+  template <class DX, class DY>
+  LayerGradients<T> backward(const Eigen::MatrixBase<DX>& X, const Eigen::MatrixBase<DY>& dY,
+                             const Options& options = {}) const {
+    const detail::Input<T> x(X), dy(dY);
+    return run_backward(x, x, true, dy, options);
+  }
+
+  /// The gradients of L = sum(dY * forward(X, memory, options)): of X, of the memory and of
+  /// every parameter.
+  template <class DX, class DM, class DY>
+  LayerGradients<T> backward(const Eigen::MatrixBase<DX>& X, const Eigen::MatrixBase<DM>& memory,
+                             const Eigen::MatrixBase<DY>& dY, const Options& options = {}) const {
+    const detail::Input<T> x(X), m(memory), dy(dY);
+    return run_backward(x, m, false, dy, options);
   }
 
   /// Generation: attends the new tokens X_new (n x d_model) of `sequence` to everything in
@@ -197,21 +232,90 @@ class SelfAttention {
 
   Matrix<T> run(const detail::Input<T>& x, const detail::Input<T>& source, const char* source_name,
                 const Options& options) const {
-    check_input(x, "SelfAttention::forward", "X");
-    if (source.cols() != w_.Wk.rows())
-      detail::fail("SelfAttention::forward", source_name, " is ", detail::shape(source.rows(), source.cols()),
-                   " but Wk is ", detail::shape(w_.Wk.rows(), w_.Wk.cols()), ": keys and values need ", w_.Wk.rows(),
-                   " columns");
-    // Per-head shapes and options are checked before any projection is computed.
-    detail::validate_attention<compute_type<T>>("SelfAttention::forward", x.rows(), head_dim(), source.rows(),
-                                                head_dim(), nullptr, nullptr, options, heads_);
-    detail::reject_batched_options("SelfAttention::forward", options);
+    check_call(x, source, source_name, options, "SelfAttention::forward");
     const Matrix<T> Q = project(x.map(), w_.Wq, w_.bq), K = project(source.map(), w_.Wk, w_.bk),
                     V = project(source.map(), w_.Wv, w_.bv);
     const MatrixView<const T> k(K), v(V);
     return attend_and_project(Q, [&](Index kv) {
       return std::pair(k.middle_cols(kv * head_dim(), head_dim()), v.middle_cols(kv * value_head_dim(), value_head_dim()));
     }, options);
+  }
+
+  /// The checks forward() makes, for `function` (source: X, or the memory).
+  void check_call(const detail::Input<T>& x, const detail::Input<T>& source, const char* source_name,
+                  const Options& options, const char* function) const {
+    check_input(x, function, "X");
+    if (source.cols() != w_.Wk.rows())
+      detail::fail(function, source_name, " is ", detail::shape(source.rows(), source.cols()), " but Wk is ",
+                   detail::shape(w_.Wk.rows(), w_.Wk.cols()), ": keys and values need ", w_.Wk.rows(), " columns");
+    // Per-head shapes and options are checked before any projection is computed.
+    detail::validate_attention<compute_type<T>>(function, x.rows(), head_dim(), source.rows(), head_dim(), nullptr,
+                                                nullptr, options, heads_);
+    detail::reject_batched_options(function, options);
+  }
+
+  LayerGradients<T> run_backward(const detail::Input<T>& x, const detail::Input<T>& source, bool self,
+                                 const detail::Input<T>& dy, const Options& options) const {
+    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, long double>,
+                  "sdpa::SelfAttention::backward: the layer must be float, double or long double");
+    const char* fn = "SelfAttention::backward";
+    check_call(x, source, self ? "X" : "memory", options, fn);
+    const Index n = x.rows(), dk = head_dim(), dv = value_head_dim(), group = heads_ / kv_heads_;
+    const Index width = w_.Wo.size() != 0 ? w_.Wo.cols() : heads_ * dv;
+    if (dy.rows() != n || dy.cols() != width)
+      detail::fail(fn, "dY is ", detail::shape(dy.rows(), dy.cols()), " but the layer's output is ",
+                   detail::shape(n, width));
+    const auto X = x.map(), M = source.map(), dY = dy.map();
+    // the forward again, keeping each head's output and LSEs
+    const Matrix<T> Q = project(X, w_.Wq, w_.bq), K = project(M, w_.Wk, w_.bk), V = project(M, w_.Wv, w_.bv);
+    Matrix<T> heads_out(n, heads_ * dv), lse(heads_, n);
+    const MatrixView<const T> q(Q), k(K), v(V);
+    const MatrixView<T> o(heads_out);
+    for (Index h = 0; h < heads_; ++h)
+      detail::run_attention<T, T>(fn, q.middle_cols(h * dk, dk), k.middle_cols(h / group * dk, dk),
+                                  v.middle_cols(h / group * dv, dv), o.middle_cols(h * dv, dv), options,
+                                  lse.row(h).data(), nullptr, nullptr, nullptr, {h, heads_});
+    // back through the output projection
+    LayerGradients<T> g;
+    Matrix<T> d_heads;
+    if (w_.Wo.size() != 0) {
+      g.weights.Wo.noalias() = heads_out.transpose() * dY;
+      if (w_.bo.size() != 0) g.weights.bo = dY.colwise().sum();
+      d_heads.noalias() = dY * w_.Wo.transpose();
+    } else {
+      d_heads = dY;
+    }
+    // each head's backward pass; a group's dK and dV summed in head order
+    Matrix<T> dQ(n, heads_ * dk), dK = Matrix<T>::Zero(source.rows(), kv_heads_ * dk),
+                                  dV = Matrix<T>::Zero(source.rows(), kv_heads_ * dv);
+    Matrix<T> dk_head(source.rows(), dk), dv_head(source.rows(), dv);
+    const double scale = detail::resolve_scale<T>(fn, options, dk);
+    const MatrixView<const T> d_o(d_heads);
+    for (Index h = 0; h < heads_; ++h) {
+      const Index kv = h / group;
+      detail::backward_head<T>({q.middle_cols(h * dk, dk), k.middle_cols(kv * dk, dk), v.middle_cols(kv * dv, dv),
+                                MatrixView<const T>(o).middle_cols(h * dv, dv), d_o.middle_cols(h * dv, dv),
+                                lse.row(h).data(), scale, detail::HeadMasks::of(options, h)},
+                               {MatrixView<T>(dQ).middle_cols(h * dk, dk), MatrixView<T>(dk_head), MatrixView<T>(dv_head)},
+                               options);
+      dK.middleCols(kv * dk, dk) += dk_head;
+      dV.middleCols(kv * dv, dv) += dv_head;
+    }
+    // back through the projections
+    g.weights.Wq.noalias() = X.transpose() * dQ;
+    g.weights.Wk.noalias() = M.transpose() * dK;
+    g.weights.Wv.noalias() = M.transpose() * dV;
+    if (w_.bq.size() != 0) g.weights.bq = dQ.colwise().sum();
+    if (w_.bk.size() != 0) g.weights.bk = dK.colwise().sum();
+    if (w_.bv.size() != 0) g.weights.bv = dV.colwise().sum();
+    Matrix<T> d_source = dK * w_.Wk.transpose();
+    d_source.noalias() += dV * w_.Wv.transpose();
+    g.dX.noalias() = dQ * w_.Wq.transpose();
+    if (self)
+      g.dX += d_source;
+    else
+      g.dmemory = std::move(d_source);
+    return g;
   }
 
   /// Head h of Q attends to key/value head h / (heads / kv_heads), given by kv_of(kv) as a
