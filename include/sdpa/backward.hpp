@@ -234,7 +234,7 @@ void attention_backward(const TensorView<const T>& q, const TensorView<const T>&
     for (Index h = 0; h < q.heads; ++h) {
       const Index g = h / group;
       const bool first = h % group == 0;
-      kernels::GradientViews<T> head{dq.head(b, h), dk.head(b, g), dv.head(b, g)};
+      kernels::GradientViews<T> head{dq.head(b, h), dk.head(b, g), dv.head(b, g), {}, nullptr};
       if (!first) {
         head.dk = MatrixView<T>(extra.data(), nk, dkf, dkf);
         head.dv = MatrixView<T>(extra.data() + nk * dkf, nk, dvf, dvf);

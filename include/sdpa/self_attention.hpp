@@ -296,7 +296,7 @@ class SelfAttention {
       detail::backward_head<T>({q.middle_cols(h * dk, dk), k.middle_cols(kv * dk, dk), v.middle_cols(kv * dv, dv),
                                 MatrixView<const T>(o).middle_cols(h * dv, dv), d_o.middle_cols(h * dv, dv),
                                 lse.row(h).data(), scale, detail::HeadMasks::of(options, h)},
-                               {MatrixView<T>(dQ).middle_cols(h * dk, dk), MatrixView<T>(dk_head), MatrixView<T>(dv_head)},
+                               {MatrixView<T>(dQ).middle_cols(h * dk, dk), MatrixView<T>(dk_head), MatrixView<T>(dv_head), {}, nullptr},
                                options);
       dK.middleCols(kv * dk, dk) += dk_head;
       dV.middleCols(kv * dv, dv) += dv_head;
