@@ -6,6 +6,9 @@
 //
 //   N = 4096:   all three paths (Reference's scores: 64 MiB)
 //   N = 32768:  Blocked and Simd only (Reference's scores alone would be 4 GiB)
+//   backward:   attention_backward_into (Simd) at N = 4096 and 32768, d = 64 and 128: its
+//               extra memory beside Q, K, V, O, dO, the LSEs and the three gradients (the
+//               forward that makes O and the LSEs runs before the reset)
 //
 // Each measurement runs in a fork()ed child, so that what one path leaves behind (thread-local
 // scratch, the OpenMP thread pool, Eigen's GEMM buffers, pages the allocator keeps) cannot hide
@@ -177,6 +180,33 @@ void BM_attention_memory(benchmark::State& state, sdpa::Kernel kernel, Index n, 
                                                 benchmark::Counter::kIs1000);
 }
 
+void BM_backward_memory(benchmark::State& state, Index n, Index d, int threads) {
+  for (auto _ : state) {
+    const Measurement m = measure_in_child([&] {
+      auto* q = new RowMatrix(RowMatrix::Random(n, d));
+      auto* k = new RowMatrix(RowMatrix::Random(n, d));
+      auto* v = new RowMatrix(RowMatrix::Random(n, d));
+      auto* o = new RowMatrix(RowMatrix::Zero(n, d));
+      auto* d_out = new RowMatrix(RowMatrix::Random(n, d));
+      auto* dq = new RowMatrix(RowMatrix::Zero(n, d));
+      auto* dk = new RowMatrix(RowMatrix::Zero(n, d));
+      auto* dv = new RowMatrix(RowMatrix::Zero(n, d));
+      auto* lse = new sdpa::Vector<float>(sdpa::Vector<float>::Zero(n));
+      sdpa::Options options;
+      options.kernel = sdpa::Kernel::Simd;
+      options.threads = threads;
+      sdpa::attention_into(*q, *k, *v, *o, *lse, options);
+      return [=] { sdpa::attention_backward_into(*q, *k, *v, *o, *lse, *d_out, *dq, *dk, *dv, options); };
+    });
+    report(state, m);
+  }
+  state.counters["inputs_MiB"] = 8.0 * double(n) * double(d) * sizeof(float) / kMiB;
+  state.counters["scores_MiB"] = double(n) * double(n) * sizeof(float) / kMiB;
+  state.counters["GFLOPS"] = benchmark::Counter(10.0 * double(n) * double(n) * double(d),
+                                                benchmark::Counter::kIsIterationInvariantRate,
+                                                benchmark::Counter::kIs1000);
+}
+
 // Control: the call touches exactly `mib` fresh MiB; extra_peak_MiB must read ~mib.
 void BM_control_touch(benchmark::State& state, std::size_t mib) {
   for (auto _ : state) {
@@ -231,6 +261,14 @@ void register_all() {
         const std::string name = std::string("memory/") + path.name + "/N:" + std::to_string(n) +
                                  "/d:" + std::to_string(d) + "/threads:" + std::to_string(threads);
         benchmark::RegisterBenchmark(name.c_str(), BM_attention_memory, path.kernel, n, d, threads)
+            ->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
+      }
+  for (Index n : {Index(4096), Index(32768)})
+    for (Index head_dim : {Index(64), Index(128)})
+      for (int threads : {1, 2}) {
+        const std::string name = "memory/backward_simd/N:" + std::to_string(n) + "/d:" + std::to_string(head_dim) +
+                                 "/threads:" + std::to_string(threads);
+        benchmark::RegisterBenchmark(name.c_str(), BM_backward_memory, n, head_dim, threads)
             ->Iterations(1)->UseManualTime()->Unit(benchmark::kMillisecond);
       }
 }
