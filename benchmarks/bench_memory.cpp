@@ -155,6 +155,16 @@ void report(benchmark::State& state, const Measurement& m) {
 
 // ---------------------------------------------------------------------------------------
 
+/// inputs_MiB (`matrices` N x d float matrices), scores_MiB (one N x N float matrix, for
+/// scale) and GFLOPS (`flops_per_n2d` N^2 d FLOPs over the call's time).
+void set_size_counters(benchmark::State& state, Index n, Index d, double matrices, double flops_per_n2d) {
+  state.counters["inputs_MiB"] = matrices * double(n) * double(d) * sizeof(float) / kMiB;
+  state.counters["scores_MiB"] = double(n) * double(n) * sizeof(float) / kMiB;
+  state.counters["GFLOPS"] = benchmark::Counter(flops_per_n2d * double(n) * double(n) * double(d),
+                                                benchmark::Counter::kIsIterationInvariantRate,
+                                                benchmark::Counter::kIs1000);
+}
+
 void BM_attention_memory(benchmark::State& state, sdpa::Kernel kernel, Index n, Index d, int threads) {
   for (auto _ : state) {
     const Measurement m = measure_in_child([&] {
@@ -173,11 +183,7 @@ void BM_attention_memory(benchmark::State& state, sdpa::Kernel kernel, Index n, 
     });
     report(state, m);
   }
-  state.counters["inputs_MiB"] = 4.0 * double(n) * double(d) * sizeof(float) / kMiB;
-  state.counters["scores_MiB"] = double(n) * double(n) * sizeof(float) / kMiB;
-  state.counters["GFLOPS"] = benchmark::Counter(4.0 * double(n) * double(n) * double(d),
-                                                benchmark::Counter::kIsIterationInvariantRate,
-                                                benchmark::Counter::kIs1000);
+  set_size_counters(state, n, d, 4, 4);
 }
 
 void BM_backward_memory(benchmark::State& state, Index n, Index d, int threads) {
@@ -200,11 +206,7 @@ void BM_backward_memory(benchmark::State& state, Index n, Index d, int threads) 
     });
     report(state, m);
   }
-  state.counters["inputs_MiB"] = 8.0 * double(n) * double(d) * sizeof(float) / kMiB;
-  state.counters["scores_MiB"] = double(n) * double(n) * sizeof(float) / kMiB;
-  state.counters["GFLOPS"] = benchmark::Counter(10.0 * double(n) * double(n) * double(d),
-                                                benchmark::Counter::kIsIterationInvariantRate,
-                                                benchmark::Counter::kIs1000);
+  set_size_counters(state, n, d, 8, 10);
 }
 
 // Control: the call touches exactly `mib` fresh MiB; extra_peak_MiB must read ~mib.
