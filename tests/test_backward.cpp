@@ -597,6 +597,24 @@ TEST_CASE("backward: a key of weight 0 adds nothing, whatever K and V hold there
   }
 }
 
+TEST_CASE("backward: no queries, or no keys, on every path", "[backward]") {
+  auto gen = rng(0xbac8);
+  for (const sdpa::Kernel kernel : all_kernels())
+    for (const auto& [nq, nk] : std::vector<std::pair<Index, Index>>{{0, 5}, {4, 0}, {0, 0}}) {
+      INFO(sdpa_test::name(kernel) << ", " << nq << "x" << nk);
+      const Matrix<float> Q = random_matrix<float>(nq, 8, gen), K = random_matrix<float>(nk, 8, gen);
+      const Matrix<float> V = random_matrix<float>(nk, 3, gen), dO = random_matrix<float>(nq, 3, gen);
+      sdpa::Options options;
+      options.kernel = kernel;
+      const sdpa::AttentionGradients<float> g = library_gradients(Q, K, V, dO, options);
+      CHECK(g.dQ.rows() == nq);
+      CHECK(g.dK.rows() == nk);
+      CHECK(g.dQ.isZero(0));  // no key: nothing to attend to, a gradient of 0
+      CHECK(g.dK.isZero(0));  // no query: no key is ever seen
+      CHECK(g.dV.isZero(0));
+    }
+}
+
 TEST_CASE("backward: bad arguments are named, and nothing is written", "[backward][errors]") {
   const Matrix<float> Q = Matrix<float>::Ones(4, 8), K = Matrix<float>::Ones(6, 8), V = Matrix<float>::Ones(6, 5);
   const Matrix<float> O = Matrix<float>::Ones(4, 5), dO = Matrix<float>::Ones(4, 5);
