@@ -121,7 +121,8 @@ class BlockedBackwardTiles {
 
 /// The Simd path's backward products, all on microkernels::product_tile. A chunk's K and V are
 /// packed into K^T and V^T panels (one per key tile, padded to whole microkernels with zeros),
-/// and K also as rows padded to whole vectors when d_k is not a multiple of the width.
+/// and K also as contiguous rows padded to whole vectors: a head of a [tokens, heads d] buffer
+/// has rows 2-4 KiB apart, which fall into a few L1 sets and evict each other.
 template <class Arch>
 class SimdBackwardTiles {
  public:
@@ -134,8 +135,7 @@ class SimdBackwardTiles {
 
   static Index packed_size(MatrixView<const float> k, MatrixView<const float> v, const BlockConfig& blocks) {
     const Index tiles = (k.rows + blocks.key_rows - 1) / blocks.key_rows;
-    return tiles * (k.cols + v.cols) * round_up(blocks.key_rows, key_multiple) +
-           (k.cols % W != 0 ? k.rows * round_up(k.cols, W) : 0);
+    return tiles * (k.cols + v.cols) * round_up(blocks.key_rows, key_multiple) + k.rows * round_up(k.cols, W);
   }
   SimdBackwardTiles(MatrixView<const float> k, MatrixView<const float> v, const BlockConfig& blocks, float* packed)
       : k_(k), v_(v), key_rows_(blocks.key_rows), panel_ld_(round_up(blocks.key_rows, key_multiple)),
@@ -143,17 +143,16 @@ class SimdBackwardTiles {
     const Index tiles = (k.rows + key_rows_ - 1) / key_rows_;
     key_panels_ = packed;
     value_panels_ = packed + tiles * k.cols * panel_ld_;
-    key_rows_at_ = k.cols % W != 0 ? value_panels_ + tiles * v.cols * panel_ld_ : nullptr;
+    key_rows_at_ = value_panels_ + tiles * v.cols * panel_ld_;
   }
 
-  /// Fills the panels (and padded key rows) from K and V.
+  /// Fills the panels and the padded key rows from K and V.
   void pack() const {
     const Index tiles = (k_.rows + key_rows_ - 1) / key_rows_;
     for (Index t = 0; t < tiles; ++t) {
       transpose_into(k_, t, key_panels_ + t * k_.cols * panel_ld_);
       transpose_into(v_, t, value_panels_ + t * v_.cols * panel_ld_);
     }
-    if (!key_rows_at_) return;
     for (Index j = 0; j < k_.rows; ++j) {
       float* row = key_rows_at_ + j * key_cols_;
       std::copy(k_.row(j), k_.row(j) + k_.cols, row);
@@ -172,9 +171,8 @@ class SimdBackwardTiles {
     panel_product(d_out, value_cols_, v_.cols, value_panels_, rows, j0, keys, dp, ld);
   }
   void add_keys(const float* x, Index rows, Index ld, Index j0, Index keys, float* acc, Index acc_ld) const {
-    const float* k = key_rows_at_ ? key_rows_at_ + j0 * key_cols_ : k_.row(j0);
-    const Index k_ld = key_rows_at_ ? key_cols_ : k_.row_stride;
-    microkernels::product_tile<Vec, R, C, true>(x, ld, 1, rows, keys, k, k_ld, key_cols_ / W, acc, acc_ld);
+    microkernels::product_tile<Vec, R, C, true>(x, ld, 1, rows, keys, key_rows_at_ + j0 * key_cols_, key_cols_,
+                                                key_cols_ / W, acc, acc_ld);
   }
   static void add_transposed(const float* x, Index keys, Index ld, Index rows, const float* y, Index y_ld, Index cols,
                              float* acc, Index acc_ld) {
@@ -203,7 +201,7 @@ class SimdBackwardTiles {
   Index key_rows_, panel_ld_, key_cols_, value_cols_;
   float* key_panels_ = nullptr;
   float* value_panels_ = nullptr;
-  float* key_rows_at_ = nullptr;
+  float* key_rows_at_ = nullptr;  // (keys, key_cols_)
 };
 
 /// One head's backward pass on a Micro (BlockedBackwardTiles or SimdBackwardTiles).
@@ -229,31 +227,25 @@ class TiledBackward {
 
   void run(const Options& options) const {
     const Index nq = in_.q.rows, nk = in_.k.rows, dk = in_.q.cols, dv = in_.v.cols;
-    const bool padded = dk_ld_ != dk || dv_ld_ != dv;  // the accumulators need whole vectors
     const Index tiles_per_slab = slab_rows_ / blocks_.query_rows;
     const detail::ScratchLease<T, detail::Slot::BackwardRows> row_scratch(2 * nq);
-    const detail::ScratchLease<T, detail::Slot::Partials> partials(chunks_ * slab_rows_ * dk_ld_ +
-                                                                   (padded ? nk * (dk_ld_ + dv_ld_) : 0));
+    const detail::ScratchLease<T, detail::Slot::Partials> partials(chunks_ * slab_rows_ * dk_ld_);
     const detail::ScratchLease<char, detail::Slot::BackwardTouched> touched(chunks_ * tiles_per_slab);
     T* lse2 = row_scratch.data();  // the LSEs in base 2
     T* d = lse2 + nq;              // D_i = dO_i . O_i
     T* dq_partials = partials.data();
-    const MatrixView<T> dk_acc =
-        padded ? MatrixView<T>(dq_partials + chunks_ * slab_rows_ * dk_ld_, nk, dk_ld_, dk_ld_) : out_.dk;
-    const MatrixView<T> dv_acc =
-        padded ? MatrixView<T>(dk_acc.data + nk * dk_ld_, nk, dv_ld_, dv_ld_) : out_.dv;
 
     for (Index i = 0; i < nq; ++i) {
       lse2[i] = in_.lse[i] * kLog2e;
       d[i] = ReferenceBackward<T>::row_dot(in_, i);
     }
-    for (Index j = 0; j < nk; ++j) {
-      std::fill(dk_acc.row(j), dk_acc.row(j) + dk_acc.cols, T(0));
-      std::fill(dv_acc.row(j), dv_acc.row(j) + dv_acc.cols, T(0));
+    for (Index j = 0; j < nk; ++j) {  // the running sums of dK (times log2 e) and dV, between slabs
+      std::fill(out_.dk.row(j), out_.dk.row(j) + dk, T(0));
+      std::fill(out_.dv.row(j), out_.dv.row(j) + dv, T(0));
     }
     for (Index i = 0; i < out_.dbias.rows; ++i) std::fill(out_.dbias.row(i), out_.dbias.row(i) + out_.dbias.cols, T(0));
 
-    const State state{lse2, d, dq_partials, dk_acc, dv_acc, touched.data()};
+    const State state{lse2, d, dq_partials, touched.data()};
     for (Index slab = 0; slab * slab_rows_ < nq; ++slab) {
       std::fill(touched.data(), touched.data() + chunks_ * tiles_per_slab, char(0));
       detail::parallel_for(chunks_, options, [&](Index first, Index end) {
@@ -276,7 +268,6 @@ class TiledBackward {
     const T* lse2;
     const T* d;
     T* dq_partials;  // (chunks, slab rows, dk_ld)
-    MatrixView<T> dk_acc, dv_acc;
     char* touched;   // (chunks, tiles per slab): whether a chunk wrote its partial of a query tile
   };
 
@@ -300,6 +291,10 @@ class TiledBackward {
     T* p = tiles;                      // S, then P   (Bq, Bk padded)
     T* ds = tiles + bq * score_ld_;    // dP, then dS, then dU
     T* raw = ds + bq * score_ld_;      // the uncapped scores (soft cap only)
+    // The chunk's dK and dV sums, contiguous and padded: loaded from the outputs (which hold
+    // them between slabs) on first use, stored back at the end.
+    T* dk_acc = detail::thread_scratch<T, detail::Slot::Accumulator>(chunk_keys_ * (dk_ld_ + dv_ld_));
+    T* dv_acc = dk_acc + chunk_keys_ * dk_ld_;
 
     for (Index i0 = first_row; i0 < last_row; i0 += bq) {
       const Index n_rows = std::min(bq, last_row - i0);
@@ -312,7 +307,11 @@ class TiledBackward {
       }
       const Index tile_begin = std::max(j_begin, keys_begin / bk * bk), tile_end = std::min(j_end, keys_end);
       if (tile_begin >= tile_end) continue;
-      if (!packed_yet) micro.pack(), packed_yet = true;
+      if (!packed_yet) {
+        micro.pack();
+        move_sums(j_begin, j_end, dk_acc, dv_acc, true);
+        packed_yet = true;
+      }
 
       for (Index r = 0; r < n_rows; ++r) {
         const T* q_row = in_.q.row(i0 + r);
@@ -333,11 +332,29 @@ class TiledBackward {
         micro.value_scores(do_tile, n_rows, local, n_keys, ds, score_ld_);
         for (Index r = 0; r < n_rows; ++r)
           score_gradient_row(state, i0 + r, j0, n_keys, p + r * score_ld_, ds + r * score_ld_, raw + r * score_ld_);
-        micro.add_transposed(p, n_keys, score_ld_, n_rows, do_tile, dv_ld_, dv_ld_, state.dv_acc.row(j0),
-                             state.dv_acc.row_stride);
-        micro.add_transposed(ds, n_keys, score_ld_, n_rows, q_tile, dk_ld_, dk_ld_, state.dk_acc.row(j0),
-                             state.dk_acc.row_stride);
+        micro.add_transposed(p, n_keys, score_ld_, n_rows, do_tile, dv_ld_, dv_ld_, dv_acc + local * dv_ld_, dv_ld_);
+        micro.add_transposed(ds, n_keys, score_ld_, n_rows, q_tile, dk_ld_, dk_ld_, dk_acc + local * dk_ld_, dk_ld_);
         micro.add_keys(ds, n_rows, score_ld_, local, n_keys, dq, dk_ld_);
+      }
+    }
+    if (packed_yet) move_sums(j_begin, j_end, dk_acc, dv_acc, false);
+  }
+
+  /// Keys [j_begin, j_end)'s dK and dV sums between the outputs and the padded accumulators:
+  /// into them (`load`, padding zeroed) or back out.
+  void move_sums(Index j_begin, Index j_end, T* dk_acc, T* dv_acc, bool load) const {
+    const Index dk = in_.q.cols, dv = in_.v.cols;
+    for (Index j = j_begin; j < j_end; ++j) {
+      T* k_sum = dk_acc + (j - j_begin) * dk_ld_;
+      T* v_sum = dv_acc + (j - j_begin) * dv_ld_;
+      if (load) {
+        std::copy(out_.dk.row(j), out_.dk.row(j) + dk, k_sum);
+        std::fill(k_sum + dk, k_sum + dk_ld_, T(0));
+        std::copy(out_.dv.row(j), out_.dv.row(j) + dv, v_sum);
+        std::fill(v_sum + dv, v_sum + dv_ld_, T(0));
+      } else {
+        std::copy(k_sum, k_sum + dk, out_.dk.row(j));
+        std::copy(v_sum, v_sum + dv, out_.dv.row(j));
       }
     }
   }
@@ -408,13 +425,11 @@ class TiledBackward {
   /// dK_j (the accumulated dU^T (scale log2(e) Q), divided by log2(e)) and dV_j into the
   /// outputs; a row that is not finite is redone by the reference.
   void finish_key_row(const State& state, Index j) const {
-    const T* dk_acc = state.dk_acc.row(j);
-    const T* dv_acc = state.dv_acc.row(j);
     T* dk = out_.dk.row(j);
-    T* dv = out_.dv.row(j);
+    const T* dv = out_.dv.row(j);
     bool finite = true;
-    for (Index e = 0; e < out_.dk.cols; ++e) finite &= std::isfinite(dk[e] = dk_acc[e] / kLog2e);
-    for (Index e = 0; e < out_.dv.cols; ++e) finite &= std::isfinite(dv[e] = dv_acc[e]);
+    for (Index e = 0; e < out_.dk.cols; ++e) finite &= std::isfinite(dk[e] /= kLog2e);
+    for (Index e = 0; e < out_.dv.cols; ++e) finite &= std::isfinite(dv[e]);
     if (!finite) ReferenceBackward<T>(in_, state.d).key_row(j, out_);
   }
 
