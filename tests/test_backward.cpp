@@ -234,7 +234,7 @@ TEST_CASE("the test's gradient oracle matches central finite differences", "[bac
 TEST_CASE("backward in double: every path, every option, against the oracle", "[backward]") {
   auto gen = rng(0xbac2);
   // (nq, nk) with more keys than queries and fewer; tiny forced tiles reach every remainder
-  for (const auto& [nq, nk] : std::vector<std::pair<Index, Index>>{{5, 9}, {9, 4}, {23, 37}}) {
+  for (const auto& [nq, nk] : std::vector<std::pair<Index, Index>>{{5, 9}, {9, 4}, {23, 37}, {1, 9}}) {
     const Index dk = 6, dv = 5;
     const Matrix<double> Q = random_matrix<double>(nq, dk, gen, -1.5, 1.5), K = random_matrix<double>(nk, dk, gen, -1.5, 1.5);
     const Matrix<double> V = random_matrix<double>(nk, dv, gen), dO = random_matrix<double>(nq, dv, gen);
@@ -411,6 +411,7 @@ TEST_CASE("batched backward: every layout and batched mask gives the 2-D calls' 
     Matrix<bool> allowed = random_matrix<float>(hq, keys, gen).unaryExpr([](float x) { return x > -0.5f; });
     options.batch_mask = sdpa::TensorView<const bool>{allowed.data(), 1, hq, 1, keys, 0, keys, 0};  // [1, H, 1, Nk]
     options.alibi_slopes = {0.5, 0.25, 0.125, 0.0625};
+    options.sinks = {0.3, -0.2, 0.1, 0.5};
     options.blocks = {5, 7};
     sdpa::attention<float, float>(q, k, v, o, Out::bhnd(lse.data(), batch, hq, nq, 1), options);
     Matrix<float> dqkv(batch * nq, 3 * hq * dk), dq_buf(batch * hq * nq, dk), dk_buf(batch * heads_kv * keys, dk),
@@ -429,7 +430,9 @@ TEST_CASE("batched backward: every layout and batched mask gives the 2-D calls' 
       INFO(sdpa_test::name(kernel));
       options.kernel = kernel;
       sdpa::attention_backward<float>(q, k, v, o, View::bhnd(lse.data(), batch, hq, nq, 1),
-                                      View::bhnd(d_out.data(), batch, hq, nq, dvf), dq, dkv, dvv, options);
+                                      View::bhnd(d_out.data(), batch, hq, nq, dvf), dq, dkv, dvv, options,
+                                      dsinks.data());
+      std::vector<float> want_dsinks(hq, 0.0f);
       // the same heads through the 2-D API, summed over each group in head order
       for (Index b = 0; b < batch; ++b)
         for (Index g = 0; g < heads_kv; ++g) {
@@ -442,18 +445,21 @@ TEST_CASE("batched backward: every layout and batched mask gives the 2-D calls' 
             head.key_lengths = {options.sequence_lengths[std::size_t(b)]};
             head.mask = Matrix<bool>(allowed.row(h));
             head.alibi_slopes = {options.alibi_slopes[std::size_t(h)]};
+            head.sinks = {options.sinks[std::size_t(h)]};
             const Matrix<float> qh = as_matrix(q.head(b, h)), kh = as_matrix(k.head(b, g)), vh = as_matrix(v.head(b, g));
             const Matrix<float> oh = as_matrix(View(o).head(b, h));
             const sdpa::Vector<float> lse_h = lse.row(b * hq + h).transpose();
             const auto want = sdpa::attention_backward(qh, kh, vh, oh, lse_h,
                                                        as_matrix(View::bhnd(d_out.data(), batch, hq, nq, dvf).head(b, h)), head);
             CHECK(as_matrix(View(dq).head(b, h)) == want.dQ);
+            want_dsinks[std::size_t(h)] += want.dsinks[0];
             if (h == g * heads_here) dk_sum = want.dK, dv_sum = want.dV;
             else dk_sum += want.dK, dv_sum += want.dV;
           }
           CHECK(as_matrix(View(dkv).head(b, g)) == dk_sum);
           CHECK(as_matrix(View(dvv).head(b, g)) == dv_sum);
         }
+      CHECK(dsinks == want_dsinks);
     }
   }
 }
@@ -563,6 +569,8 @@ TEST_CASE("backward: gradients are bit-identical for any thread count and any sl
       const auto reversed = library_gradients(Q, K, V, dO, options);
       CHECK(reversed.dQ == one.dQ);
       CHECK(reversed.dK == one.dK);
+      CHECK(reversed.dV == one.dV);
+      CHECK(reversed.dbias == one.dbias);
       options.parallel_for = nullptr;
       // partials for only a few query rows at a time: several slabs, the same sums in the same order
       sdpa::detail::backward_partial_bytes() = 3 * 4 * 64 * Index(sizeof(float)) * 8;
@@ -645,6 +653,14 @@ TEST_CASE("backward: bad arguments are named, and nothing is written", "[backwar
   options.bias = row_bias;
   require_invalid([&] { sdpa::attention_backward_into(Q, K, V, O, lse, dO, dQ, dK, dV, options, extra); },
                   {"dbias is 4x6", "1x6"});
+  Eigen::MatrixXf column_major_bias(4, 6);
+  sdpa::ExtraGradients<float> strided;
+  strided.dbias = sdpa::MatrixView<float>(column_major_bias);
+  sdpa::Options full;
+  const Matrix<float> full_bias = Matrix<float>::Zero(4, 6);
+  full.bias = full_bias;
+  require_invalid([&] { sdpa::attention_backward_into(Q, K, V, O, lse, dO, dQ, dK, dV, full, strided); },
+                  {"dbias (4x6) has strides", "contiguous rows"});
   float dsink = 0;
   sdpa::ExtraGradients<float> sinks;
   sinks.dsinks = &dsink;

@@ -74,8 +74,12 @@ void run_backward(const char* fn, const Input<T>& q, const Input<T>& k, const In
   expect("dK", grads.dk.rows, grads.dk.cols, nk, dk, "Nk x d_k");
   expect("dV", grads.dv.rows, grads.dv.cols, nk, dv, "Nk x d_v");
   if (!grads.dbias.empty()) {
+    const MatrixView<T>& b = grads.dbias;
     if (options.bias.empty()) fail(fn, "dbias is requested but options.bias is empty: there is no bias to differentiate");
-    expect("dbias", grads.dbias.rows, grads.dbias.cols, options.bias.rows(), options.bias.cols(), "options.bias's shape");
+    expect("dbias", b.rows, b.cols, options.bias.rows(), options.bias.cols(), "options.bias's shape");
+    if ((b.cols > 1 && b.col_stride != 1) || (b.rows > 1 && b.row_stride < b.cols))
+      fail(fn, "dbias (", shape(b.rows, b.cols), ") has strides (", b.row_stride, ", ", b.col_stride,
+           "): results are written into contiguous rows that do not overlap (row-major, row stride >= ", b.cols, ")");
   }
   if (grads.dsink && options.sinks.empty())
     fail(fn, "dsinks is requested but options.sinks is empty: there is no sink logit to differentiate");
@@ -109,8 +113,8 @@ void run_backward(const char* fn, const Input<T>& q, const Input<T>& k, const In
 /// dQ (Nq x d_k), dK (Nk x d_k) and dV (Nk x d_v), given the forward's output O, its LSEs
 /// (attention_into with an lse) and the output's gradient dO. `extra` asks for the bias's and
 /// the sink's gradients too. The caller owns every result, so a training loop allocates
-/// nothing per step. Every path (options.kernel) computes it; none stores the Nq x Nk weights
-/// except Reference, and none depends on the thread count (bit-identical for any `threads`).
+/// nothing per step. Every path (options.kernel) computes it; none stores the Nq x Nk weights,
+/// and none depends on the thread count (bit-identical for any `threads`).
 ///
 ///     sdpa::Vector<float> lse(Q.rows());
 ///     sdpa::attention_into(Q, K, V, O, lse, options);
@@ -190,13 +194,19 @@ void attention_backward(const TensorView<const T>& q, const TensorView<const T>&
   same_sizes("dQ", dq, q, "Q");
   same_sizes("dK", dk, k, "K");
   same_sizes("dV", dv, v, "V");
-  if (lse.batch != q.batch || lse.heads != q.heads || lse.tokens != q.tokens || lse.features != 1 ||
-      (lse.tokens > 1 && lse.token_stride != 1))
-    detail::fail(fn, detail::shape4("lse", lse), " must be [", q.batch, ", ", q.heads, ", ", q.tokens,
-                 ", 1] with each head's LSEs contiguous (token stride 1, not ", lse.token_stride, ")");
+  detail::check_lse_view(fn, lse, q);
   if (dsinks && options.sinks.empty())
     detail::fail(fn, "dsinks is requested but options.sinks is empty: there is no sink logit to differentiate");
+  if (dsinks) {
+    const auto first = reinterpret_cast<std::uintptr_t>(dsinks), last = first + std::uintptr_t(q.heads) * sizeof(T);
+    const auto sinks = reinterpret_cast<std::uintptr_t>(options.sinks.data());
+    if (first < sinks + options.sinks.size() * sizeof(double) && sinks < last)
+      detail::fail(fn, "dsinks overlaps options.sinks: results would overwrite inputs still being read");
+  }
   std::pair<std::uintptr_t, std::uintptr_t> range;
+  for (const auto& [name, view] : {std::pair<const char*, TensorView<const T>>{"dO", d_out}, {"lse", lse}})
+    if (view.batch_stride < 0 || view.head_stride < 0 || view.token_stride < 0 || !detail::span(view, range))
+      detail::fail(fn, name, "'s strides must not be negative or too large to address");
   for (const auto& [name, grad] : {std::pair<const char*, TensorView<T>>{"dQ", dq}, {"dK", dk}, {"dV", dv}}) {
     if (grad.batch_stride < 0 || grad.head_stride < 0 || grad.token_stride < 0 || !detail::span(grad, range))
       detail::fail(fn, name, "'s strides must not be negative or too large to address");
@@ -207,9 +217,11 @@ void attention_backward(const TensorView<const T>& q, const TensorView<const T>&
   // interleaves its three parts without overlap: compared head by head, exactly).
   const auto heads_overlap = [&](const TensorView<T>& grad, const auto& other, bool same) {
     for (Index b = 0; b < q.batch; ++b)
-      for (Index h = 0; h < grad.heads; ++h)
-        for (Index g = 0; g < other.heads; ++g)
-          if (!(same && g == h) && detail::overlaps(MatrixView<const T>(grad.head(b, h)), other.head(b, g))) return true;
+      for (Index c = 0; c < other.batch; ++c)
+        for (Index h = 0; h < grad.heads; ++h)
+          for (Index g = 0; g < other.heads; ++g)
+            if (!(same && b == c && g == h) && detail::overlaps(MatrixView<const T>(grad.head(b, h)), other.head(c, g)))
+              return true;
     return false;
   };
   const std::pair<const char*, TensorView<const T>> inputs[] = {{"Q", q}, {"K", k}, {"V", v}, {"O", o}, {"dO", d_out},
@@ -222,6 +234,17 @@ void attention_backward(const TensorView<const T>& q, const TensorView<const T>&
     for (std::size_t b = a; b < 3; ++b)
       if (heads_overlap(grads[a].second, TensorView<const T>(grads[b].second), a == b))
         detail::fail(fn, grads[a].first, " overlaps ", grads[b].first, ": results would overwrite each other");
+    const auto mask_overlap = [&](const auto& m) {  // a 2-D mask or bias, against every head
+      for (Index b = 0; b < q.batch; ++b)
+        for (Index h = 0; h < grads[a].second.heads; ++h)
+          if (detail::overlaps(MatrixView<const T>(grads[a].second.head(b, h)), m)) return true;
+      return false;
+    };
+    if ((!options.mask.empty() && mask_overlap(options.mask)) || (!options.bias.f32.empty() && mask_overlap(options.bias.f32)) ||
+        (!options.bias.f64.empty() && mask_overlap(options.bias.f64)) ||
+        (!options.batch_mask.empty() && heads_overlap(grads[a].second, options.batch_mask, false)) ||
+        (!options.batch_bias.empty() && heads_overlap(grads[a].second, options.batch_bias, false)))
+      detail::fail(fn, grads[a].first, " overlaps a mask or bias of the options: results would overwrite inputs still being read");
   }
 
   const double scale = detail::resolve_scale<T>(fn, options, q.features);

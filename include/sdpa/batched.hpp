@@ -62,6 +62,18 @@ bool owns_its_elements(const TensorView<T>& t) {
   return true;
 }
 
+/// `lse` is [B, H_q, N_q, 1] for queries q, each head's LSEs contiguous, at addressable strides.
+template <class C, class T>
+void check_lse_view(const char* fn, const TensorView<const C>& lse, const TensorView<const T>& q) {
+  std::pair<std::uintptr_t, std::uintptr_t> range;
+  if (lse.batch != q.batch || lse.heads != q.heads || lse.tokens != q.tokens || lse.features != 1 ||
+      (lse.tokens > 1 && lse.token_stride != 1))
+    fail(fn, shape4("lse", lse), " must be [", q.batch, ", ", q.heads, ", ", q.tokens,
+         ", 1] with each head's LSEs contiguous (token stride 1, not ", lse.token_stride, ")");
+  if (lse.batch_stride < 0 || lse.head_stride < 0 || !span(lse, range))
+    fail(fn, "lse's strides must not be negative or too large to address");
+}
+
 template <class T, class S>
 void validate_batched(const TensorView<const T>& q, const TensorView<const S>& k, const TensorView<const S>& v,
                       const TensorView<T>& out, const Options& options, const char* fn = "attention") {
@@ -210,17 +222,18 @@ void attention(const TensorView<const T>& q, const TensorView<const S>& k, const
   detail::check_storage<T, S>();
   sdpa::isa();
   detail::validate_batched(q, k, v, out, options);
-  if (lse.batch != q.batch || lse.heads != q.heads || lse.tokens != q.tokens || lse.features != 1 ||
-      (lse.tokens > 1 && lse.token_stride != 1))
-    detail::fail("attention", detail::shape4("lse", lse), " must be [", q.batch, ", ", q.heads, ", ", q.tokens,
-                 ", 1] with each head's LSEs contiguous (token stride 1, not ", lse.token_stride, ")");
+  detail::check_lse_view("attention", TensorView<const compute_type<T>>(lse), q);
+  if (!detail::owns_its_elements(lse))
+    detail::fail("attention", detail::shape4("lse", lse), "'s strides give two LSEs one place: they would overwrite each other");
   for (Index b = 0; b < q.batch; ++b)
     for (Index h = 0; h < q.heads; ++h)
       for (Index g = 0; g < k.heads; ++g)
         if (detail::overlaps(lse.head(b, h), k.head(b, g)) || detail::overlaps(lse.head(b, h), v.head(b, g)) ||
             detail::overlaps(lse.head(b, h), q.head(b, h)) ||
-            detail::overlaps(lse.head(b, h), MatrixView<const T>(out.head(b, h))))
-          detail::fail("attention", "lse overlaps Q, K, V or out (batch ", b, ", head ", h, ")");
+            detail::overlaps(lse.head(b, h), MatrixView<const T>(out.head(b, h))) ||
+            (!options.mask.empty() && detail::overlaps(lse.head(b, h), options.mask)) ||
+            (!options.batch_mask.empty() && detail::overlaps(lse.head(b, h), options.batch_mask.head(b % options.batch_mask.batch, h % options.batch_mask.heads))))
+          detail::fail("attention", "lse overlaps Q, K, V, out or a mask (batch ", b, ", head ", h, ")");
   if (q.batch == 0 || q.heads == 0) return;
   const double scale = detail::resolve_scale<compute_type<T>>("attention", options, q.features);
   const Index group = q.heads / k.heads;

@@ -392,7 +392,8 @@ class TiledBackward {
       const V inverse = V::broadcast(T(1) / cap_), one = V::broadcast(T(1));
       for (Index c = 0; c < score_ld_; c += V::width) {
         const V t = vector_tanh(V::load(raw + c) * inverse, [&](V x) { return exp2(x); });
-        (V::load(ds + c) * (one - t * t)).store(ds + c);
+        const V weight = V::load(p + c);  // again only where the weight is positive: a masked NaN K stays out
+        select_nonzero(weight, V::load(ds + c) * (one - t * t), zero).store(ds + c);
       }
     }
   }

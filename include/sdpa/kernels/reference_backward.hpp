@@ -80,7 +80,8 @@ class ReferenceBackward {
   /// unlikely for exp) has all three 0, whatever V holds there.
   PairGradient<T> pair(Index i, Index j) const {
     if (in_.lse[i] == -std::numeric_limits<T>::infinity()) return {};  // the row sees no key
-    const T u = T(in_.scale) * dot(in_.q.row(i), in_.k.row(j), in_.q.cols);
+    T u = T(0);  // the query scaled first, as on every path: (scale q_i) . k_j
+    for (Index e = 0; e < in_.q.cols; ++e) u += T(in_.scale) * in_.q(i, e) * in_.k(j, e);
     T s = u;
     mask_.apply(i, j, 1, &s);  // the cap, -inf where masked, the bias, ALiBi
     if (s == -std::numeric_limits<T>::infinity()) return {};
