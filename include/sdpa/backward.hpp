@@ -32,6 +32,11 @@ struct ExtraGradients {
 
 namespace detail {
 
+/// The backward pass's element types: the compute types (no 16-bit or int8 storage yet).
+template <class T>
+inline constexpr bool has_backward = std::is_same_v<T, float> || std::is_same_v<T, double> ||
+                                     std::is_same_v<T, long double>;
+
 /// Runs the chosen path's backward pass on one head's validated inputs.
 template <class T>
 void backward_head(const kernels::BackwardInputs<T>& in, const kernels::GradientViews<T>& grads, const Options& options) {
@@ -56,8 +61,7 @@ template <class T>
 void run_backward(const char* fn, const Input<T>& q, const Input<T>& k, const Input<T>& v, const Input<T>& o,
                   MatrixView<const T> lse, const Input<T>& d_out, const kernels::GradientViews<T>& grads,
                   const Options& options) {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, long double>,
-                "sdpa::attention_backward: Q, K, V, O and dO must all be float, double or long double");
+  static_assert(detail::has_backward<T>, "sdpa::attention_backward: Q, K, V, O and dO must all be float, double or long double");
   sdpa::isa();  // the CPU check (isa.hpp), before code built for a wider ISA runs
   const Index nq = q.rows(), nk = k.rows(), dk = q.cols(), nv = v.rows(), dv = v.cols();
   validate_attention<T>(fn, nq, dk, nk, k.cols(), &nv, &dv, options);
@@ -179,8 +183,7 @@ void attention_backward(const TensorView<const T>& q, const TensorView<const T>&
                         const TensorView<const T>& o, const TensorView<const T>& lse,
                         const TensorView<const T>& d_out, const TensorView<T>& dq, const TensorView<T>& dk,
                         const TensorView<T>& dv, const Options& options = {}, T* dsinks = nullptr) {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, long double>,
-                "sdpa::attention_backward: Q, K, V, O and dO must all be float, double or long double");
+  static_assert(detail::has_backward<T>, "sdpa::attention_backward: Q, K, V, O and dO must all be float, double or long double");
   const char* fn = "attention_backward";
   sdpa::isa();
   const TensorView<T> o_as_out{const_cast<T*>(o.data), o.batch, o.heads, o.tokens, o.features, o.batch_stride,

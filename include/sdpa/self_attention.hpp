@@ -256,25 +256,25 @@ class SelfAttention {
 
   LayerGradients<T> run_backward(const detail::Input<T>& x, const detail::Input<T>& source, bool self,
                                  const detail::Input<T>& dy, const Options& options) const {
-    static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, long double>,
-                  "sdpa::SelfAttention::backward: the layer must be float, double or long double");
+    static_assert(detail::has_backward<T>, "sdpa::SelfAttention::backward: the layer must be float, double or long double");
     const char* fn = "SelfAttention::backward";
     check_call(x, source, self ? "X" : "memory", options, fn);
-    const Index n = x.rows(), dk = head_dim(), dv = value_head_dim(), group = heads_ / kv_heads_;
+    const Index n = x.rows(), m = source.rows(), dk = head_dim(), dv = value_head_dim();
     const Index width = w_.Wo.size() != 0 ? w_.Wo.cols() : heads_ * dv;
     if (dy.rows() != n || dy.cols() != width)
       detail::fail(fn, "dY is ", detail::shape(dy.rows(), dy.cols()), " but the layer's output is ",
                    detail::shape(n, width));
     const auto X = x.map(), M = source.map(), dY = dy.map();
-    // the forward again, keeping each head's output and LSEs
+    // The projections are [1, tokens, heads, d] views: the batched calls take the heads
+    // (grouped-query ones too) and their masks. First the forward again, with its LSEs.
+    using In = TensorView<const T>;
+    using Out = TensorView<T>;
     const Matrix<T> Q = project(X, w_.Wq, w_.bq), K = project(M, w_.Wk, w_.bk), V = project(M, w_.Wv, w_.bv);
     Matrix<T> heads_out(n, heads_ * dv), lse(heads_, n);
-    const MatrixView<const T> q(Q), k(K), v(V);
-    const MatrixView<T> o(heads_out);
-    for (Index h = 0; h < heads_; ++h)
-      detail::run_attention<T, T>(fn, q.middle_cols(h * dk, dk), k.middle_cols(h / group * dk, dk),
-                                  v.middle_cols(h / group * dv, dv), o.middle_cols(h * dv, dv), options,
-                                  lse.row(h).data(), nullptr, nullptr, nullptr, {h, heads_});
+    const In q = In::bnhd(Q.data(), 1, n, heads_, dk), k = In::bnhd(K.data(), 1, m, kv_heads_, dk),
+             v = In::bnhd(V.data(), 1, m, kv_heads_, dv);
+    attention<T, T>(q, k, v, Out::bnhd(heads_out.data(), 1, n, heads_, dv), Out::bhnd(lse.data(), 1, heads_, n, 1),
+                    options);
     // back through the output projection
     LayerGradients<T> g;
     Matrix<T> d_heads;
@@ -285,22 +285,11 @@ class SelfAttention {
     } else {
       d_heads = dY;
     }
-    // each head's backward pass; a group's dK and dV summed in head order
-    Matrix<T> dQ(n, heads_ * dk), dK = Matrix<T>::Zero(source.rows(), kv_heads_ * dk),
-                                  dV = Matrix<T>::Zero(source.rows(), kv_heads_ * dv);
-    Matrix<T> dk_head(source.rows(), dk), dv_head(source.rows(), dv);
-    const double scale = detail::resolve_scale<T>(fn, options, dk);
-    const MatrixView<const T> d_o(d_heads);
-    for (Index h = 0; h < heads_; ++h) {
-      const Index kv = h / group;
-      detail::backward_head<T>({q.middle_cols(h * dk, dk), k.middle_cols(kv * dk, dk), v.middle_cols(kv * dv, dv),
-                                MatrixView<const T>(o).middle_cols(h * dv, dv), d_o.middle_cols(h * dv, dv),
-                                lse.row(h).data(), scale, detail::HeadMasks::of(options, h)},
-                               {MatrixView<T>(dQ).middle_cols(h * dk, dk), MatrixView<T>(dk_head), MatrixView<T>(dv_head), {}, nullptr},
-                               options);
-      dK.middleCols(kv * dk, dk) += dk_head;
-      dV.middleCols(kv * dv, dv) += dv_head;
-    }
+    // the heads' backward pass (a group's dK and dV summed over its query heads)
+    Matrix<T> dQ(n, heads_ * dk), dK(m, kv_heads_ * dk), dV(m, kv_heads_ * dv);
+    attention_backward<T>(q, k, v, In::bnhd(heads_out.data(), 1, n, heads_, dv), In::bhnd(lse.data(), 1, heads_, n, 1),
+                          In::bnhd(d_heads.data(), 1, n, heads_, dv), Out::bnhd(dQ.data(), 1, n, heads_, dk),
+                          Out::bnhd(dK.data(), 1, m, kv_heads_, dk), Out::bnhd(dV.data(), 1, m, kv_heads_, dv), options);
     // back through the projections
     g.weights.Wq.noalias() = X.transpose() * dQ;
     g.weights.Wk.noalias() = M.transpose() * dK;

@@ -384,7 +384,7 @@ class TiledBackward {
       select_nonzero(weight, weight * (V::load(ds + c) - d), zero).store(ds + c);
     }
     if (!out_.dbias.empty()) {
-      const bool full = out_.dbias.rows == in_.q.rows && in_.q.rows > 1;
+      const bool full = out_.dbias_per_query(in_.q.rows);
       T* dbias = out_.dbias.row(full ? i : 0) + j0;
       for (Index c = 0; c < n; ++c) dbias[c] = full ? ds[c] : dbias[c] + ds[c];
     }

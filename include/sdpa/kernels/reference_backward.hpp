@@ -47,6 +47,10 @@ struct GradientViews {
   MatrixView<T> dq, dk, dv;
   MatrixView<T> dbias;
   T* dsink = nullptr;
+
+  /// Whether dbias is requested with one row per query (rather than one row for all: a 1 x Nk
+  /// bias, whose gradient sums over the queries). With one query the two are the same.
+  bool dbias_per_query(Index nq) const { return !dbias.empty() && dbias.rows == nq && nq > 1; }
 };
 
 /// The inputs of one head's backward pass, all in T: Q, K, V, the forward's output O and its
@@ -101,7 +105,7 @@ class ReferenceBackward {
   void query_row(Index i, const GradientViews<T>& out) const {
     T* dq = out.dq.row(i);
     std::fill(dq, dq + out.dq.cols, T(0));
-    const bool full_dbias = !out.dbias.empty() && out.dbias.rows == in_.q.rows && in_.q.rows > 1;
+    const bool full_dbias = out.dbias_per_query(in_.q.rows);
     for (Index j = 0; j < in_.k.rows; ++j) {
       const PairGradient<T> g = pair(i, j);
       if (full_dbias) out.dbias(i, j) = g.ds;
@@ -118,7 +122,7 @@ class ReferenceBackward {
     T* dv = out.dv.row(j);
     std::fill(dk, dk + out.dk.cols, T(0));
     std::fill(dv, dv + out.dv.cols, T(0));
-    const bool broadcast_dbias = !out.dbias.empty() && !(out.dbias.rows == in_.q.rows && in_.q.rows > 1);
+    const bool broadcast_dbias = !out.dbias.empty() && !out.dbias_per_query(in_.q.rows);
     T dbias = T(0);
     for (Index i = 0; i < in_.q.rows; ++i) {
       const PairGradient<T> g = pair(i, j);
