@@ -28,6 +28,10 @@ using sdpa::Index;
 template <class T>
 using Matrix = sdpa::Matrix<T>;
 using Wide = long double;
+/// True where Wide is IEEE binary128 computed in software (AArch64, also under qemu): there
+/// each of the oracle's operations costs some 50x more, so the two largest shapes it checks
+/// (the [slow] Nq != Nk pair and the backward's float shape) shrink, keeping their features.
+inline constexpr bool kSoftwareWide = std::numeric_limits<Wide>::digits > 64;
 
 // ---- seeds -----------------------------------------------------------------------------
 inline std::uint64_t& seed_storage() {

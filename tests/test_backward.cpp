@@ -264,7 +264,10 @@ TEST_CASE("backward in double: every path, every option, against the oracle", "[
 TEST_CASE("backward in float: every path within the derived tolerance", "[backward]") {
   auto gen = rng(0xbac3);
   struct Shape { Index nq, nk, dk, dv; };
-  for (const Shape s : {Shape{7, 13, 8, 8}, Shape{70, 150, 32, 16}, Shape{33, 300, 20, 36}, Shape{130, 97, 64, 64}}) {
+  // the last: more than one default tile of queries and of keys at d = 64 (fewer rows where
+  // the oracle is software: kSoftwareWide)
+  const Shape largest = kSoftwareWide ? Shape{70, 97, 64, 64} : Shape{130, 97, 64, 64};
+  for (const Shape s : {Shape{7, 13, 8, 8}, Shape{70, 150, 32, 16}, Shape{33, 300, 20, 36}, largest}) {
     const Matrix<float> Q = random_matrix<float>(s.nq, s.dk, gen, -2, 2), K = random_matrix<float>(s.nk, s.dk, gen, -2, 2);
     const Matrix<float> V = random_matrix<float>(s.nk, s.dv, gen), dO = random_matrix<float>(s.nq, s.dv, gen);
     const double scale = 1.0 / std::sqrt(double(s.dk));

@@ -80,7 +80,10 @@ TEST_CASE("every path returns each row's log-sum-exp", "[lse]") {
 
 TEST_CASE("decoding: one query against thousands of keys (split across threads) matches the reference", "[lse]") {
   auto gen = rng(2);
-  for (const Index nk : {Index(1023), Index(1024), Index(3001), Index(8192)})
+  // 1, 2, 5 and 16 pieces of keys (8192 keys, the 16, left out where the oracle is software)
+  std::vector<Index> key_counts{1023, 1024, 3001};
+  if (!kSoftwareWide) key_counts.push_back(8192);
+  for (const Index nk : key_counts)
     for (const Index nq : {Index(1), Index(3)})
       for (const int kind : {0, 1, 2, 3}) {
         const Case<float> c(nq, nk, 64, 64, gen, kind);
