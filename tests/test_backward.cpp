@@ -623,6 +623,24 @@ TEST_CASE("backward: no queries, or no keys, on every path", "[backward]") {
       CHECK(g.dQ.isZero(0));  // no key: nothing to attend to, a gradient of 0
       CHECK(g.dK.isZero(0));  // no query: no key is ever seen
       CHECK(g.dV.isZero(0));
+      // An Nq x Nk bias (no rows when Nq = 0, but a view all the same) and a 1 x Nk one, whose
+      // gradient sums over no queries: 0. (The fuzzer found the reference writing row 0 of a
+      // 0 x Nk dbias.) Views over buffers, so that neither is a null, absent, bias.
+      for (const Index bias_rows : {nq, Index(1)}) {
+        std::vector<float> ones(std::size_t(std::max<Index>(1, bias_rows * nk)), 1.0f);
+        std::vector<float> dbias(ones.size(), std::numeric_limits<float>::quiet_NaN());
+        options.bias = sdpa::Bias(sdpa::MatrixView<const float>(ones.data(), bias_rows, nk, nk));
+        Matrix<float> O(nq, 3), dq(nq, 8), dk(nk, 8), dv(nk, 3);
+        sdpa::Vector<float> lse(nq);
+        sdpa::attention_into(Q, K, V, O, lse, options);
+        sdpa::ExtraGradients<float> extra;
+        extra.dbias = sdpa::MatrixView<float>(dbias.data(), bias_rows, nk, nk);
+        sdpa::attention_backward_into(Q, K, V, O, lse, dO, dq, dk, dv, options, extra);
+        CHECK(dq.isZero(0));
+        CHECK(dk.isZero(0));
+        for (Index e = 0; e < bias_rows * nk; ++e) CHECK(dbias[std::size_t(e)] == 0.0f);
+        if (bias_rows * nk == 0) CHECK(std::isnan(dbias[0]));  // nothing written past the view
+      }
     }
 }
 

@@ -16,8 +16,8 @@ namespace sdpa_fuzz {
 
 // clang-format off
 enum Field : std::size_t {
-  kScenario,          // which API family: 0 2-D attention, 1 batched TensorView, 2 split keys + merge + weights, 3 KV cache + layer
-  kElementType,       // 0 float, 1 double (scenarios 0-2)
+  kScenario,          // which API family: 0 2-D attention, 1 batched TensorView, 2 split keys + merge + weights, 3 KV cache + layer, 4 backward
+  kElementType,       // 0 float, 1 double (scenarios 0-2, 4)
   kQueries,           // Nq = byte % 41
   kKeys,              // Nk = byte % 41
   kHeadDim,           // d_k = 1 + byte % 20
@@ -53,7 +53,7 @@ enum Field : std::size_t {
   kSplit,             // scenario 2: split point of the keys; scenario 3: prompt length
   kRows,              // scenario 2: rows of attention_weights_from_lse; scenario 3: steps after the prompt
   kLayer,             // scenario 3: bit 0 biases, bit 1 output projection, bit 2 cross-attention, bits 3+ head dim
-  kApi,               // 2-D: which extra call form runs with the main kernel: 0 attention_into, 1 attention()
+  kApi,               // 2-D: which extra call form runs with the main kernel: 0 attention_into, 1 attention(); backward: bit 0 dbias
   kHeaderSize
 };
 // clang-format on

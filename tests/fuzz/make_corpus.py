@@ -40,15 +40,16 @@ MUTATIONS = {
     "batched": read_mutations("scenario_batched.hpp", "kMutationBatchedNames"),
     "merge": read_mutations("scenario_merge.hpp", "kMutationMergeNames"),
     "layer": read_mutations("scenario_layer.hpp", "kMutationLayerNames"),
+    "backward": read_mutations("scenario_backward.hpp", "kMutationBackwardNames"),
 }
-SCENARIOS = {"2d": 0, "batched": 1, "merge": 2, "layer": 3}
+SCENARIOS = {"2d": 0, "batched": 1, "merge": 2, "layer": 3, "backward": 4}
 # Fields whose value is 1 + byte % n: given here as the value itself.
 ONE_BASED = {"head_dim", "value_dim", "batch", "heads", "padding"}
 KERNELS = {"auto": 0, "reference": 1, "blocked": 2, "simd": 3}
 # special_value() kinds in values.hpp; poke targets are each scenario's list of operands.
 SPECIALS = {"nan": 0, "inf": 1, "-inf": 2, "big": 3, "huge": 5, "denormal": 7, "zero": 9}
 TARGETS = {"2d": ["q", "k", "v", "bias"], "batched": ["q", "k", "v", "bias", "batch_bias"],
-           "merge": ["q", "k", "v", "bias"], "layer": ["x", "memory"]}
+           "merge": ["q", "k", "v", "bias"], "layer": ["x", "memory"], "backward": ["q", "k", "v", "bias"]}
 
 
 def seed(scenario, value_seed=1, pokes=(), invalid=None, kernel="auto", double=False, **fields):
@@ -129,6 +130,24 @@ SEEDS = {
     "layer-invalid-step-capacity": seed("layer", heads=2, layer=1 << 3, batch=2, keys=5, split=3,
                                         invalid="step_exceeds_capacity"),
     "layer-invalid-cache-head": seed("layer", heads=2, layer=1 << 3, batch=1, keys=5, split=2, invalid="keys_head_out_of_range"),
+    # ---- backward
+    "backward-plain": seed("backward", queries=7, keys=9, head_dim=8, value_dim=5),
+    "backward-causal-poison": seed("backward", queries=9, keys=5, head_dim=4, value_dim=3, causal=1, poison=3),
+    "backward-bias-dbias": seed("backward", queries=8, keys=11, head_dim=6, value_dim=6, bias=1, bias_specials=2, api=1,
+                                kernel="simd"),
+    "backward-double-bias-dbias": seed("backward", queries=6, keys=10, head_dim=5, value_dim=4, bias=4, api=1),
+    "backward-mask-lengths-double": seed("backward", double=True, queries=12, keys=20, head_dim=8, value_dim=8, mask=1,
+                                         mask_density=70, key_lengths=2, query_rows=3, key_rows=5, poison=1),
+    "backward-tiles-simd": seed("backward", queries=40, keys=40, head_dim=20, value_dim=20, query_rows=4, key_rows=7,
+                                causal=1, kernel="simd"),
+    "backward-specials": seed("backward", queries=6, keys=8, head_dim=4, value_dim=4, values=2, special_rate=3),
+    "backward-column-major": seed("backward", queries=9, keys=13, head_dim=7, value_dim=3, layout_q=2, padding=2,
+                                  kernel="blocked"),
+    "backward-invalid-dv-overlaps-dk": seed("backward", queries=4, keys=5, head_dim=3, value_dim=2,
+                                            invalid="dv_overlaps_dk"),
+    "backward-invalid-dbias-without-bias": seed("backward", queries=3, keys=4, head_dim=2, value_dim=2,
+                                                invalid="dbias_without_bias"),
+    "backward-invalid-lse-size": seed("backward", queries=5, keys=4, head_dim=2, value_dim=3, invalid="lse_size"),
 }
 
 
@@ -136,7 +155,7 @@ def main():
     out = HERE / "corpus"
     out.mkdir(exist_ok=True)
     for old in out.iterdir():
-        if not old.name.startswith("finding-"):  # inputs the fuzzer found, kept as regression seeds
+        if not old.name.startswith(("finding-", "regression-")):  # inputs the fuzzer found, kept as seeds
             old.unlink()
     for name, data in SEEDS.items():
         (out / name).write_bytes(data)

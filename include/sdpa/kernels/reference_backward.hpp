@@ -122,7 +122,9 @@ class ReferenceBackward {
     T* dv = out.dv.row(j);
     std::fill(dk, dk + out.dk.cols, T(0));
     std::fill(dv, dv + out.dv.cols, T(0));
-    const bool broadcast_dbias = !out.dbias.empty() && !out.dbias_per_query(in_.q.rows);
+    // one dbias row summed over the queries: a 1 x Nk bias, or one query (with no queries, an
+    // Nq x Nk bias has no row to write)
+    const bool broadcast_dbias = !out.dbias.empty() && out.dbias.rows == 1;
     T dbias = T(0);
     for (Index i = 0; i < in_.q.rows; ++i) {
       const PairGradient<T> g = pair(i, j);
