@@ -82,6 +82,17 @@ struct HeadProblem {
   Index nk() const { return k.rows; }
   Index dk() const { return q.cols; }
   Index dv() const { return v.cols; }
+  /// Whether some row may see key j; whether row i may see some key.
+  bool key_seen(Index j) const {
+    for (Index i = 0; i < nq(); ++i)
+      if (visible[std::size_t(i * nk() + j)]) return true;
+    return false;
+  }
+  bool row_sees(Index i) const {
+    for (Index j = 0; j < nk(); ++j)
+      if (visible[std::size_t(i * nk() + j)]) return true;
+    return false;
+  }
   void reset_masks() {
     visible.assign(std::size_t(nq() * nk()), 1);
     bias.assign(std::size_t(nq() * nk()), 0);

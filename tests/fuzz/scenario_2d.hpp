@@ -118,6 +118,19 @@ struct OutOperand {
   }
 };
 
+/// The poison of field kPoison, where the contract says nothing is read: NaN (Inf with bit 2)
+/// in the K and V rows no query may see (bit 0, when `keys`) and in the Q rows that see no key
+/// (bit 1, when `queries`).
+template <class T>
+void poison_unread(int poison, const HeadProblem<T>& problem, MapOperand<T>& Q, MapOperand<T>& K, MapOperand<T>& V,
+                   bool keys, bool queries) {
+  const T value = poison & 4 ? std::numeric_limits<T>::infinity() : std::numeric_limits<T>::quiet_NaN();
+  for (Index j = 0; j < K.rows && keys && (poison & 1); ++j)
+    if (!problem.key_seen(j)) K.set_row(j, value), V.set_row(j, value);
+  for (Index i = 0; i < Q.rows && queries && (poison & 2); ++i)
+    if (!problem.row_sees(i)) Q.set_row(i, value);
+}
+
 /// The invalid mutations of a 2-D call (field kInvalid = 1 + index).
 enum class Mutation2D {
   none, scale_zero, scale_negative, scale_infinite, scale_nan, scale_1e300, scale_1e_50,
@@ -261,19 +274,10 @@ void run_2d(const ByteReader& in) {
   const int poison = in.byte(kPoison);
   if (shapes_valid) {
     problem = head_problem<T>(Q, K, V, base.scale, dk, masks);
-    const T poison_value = poison & 4 ? std::numeric_limits<T>::infinity() : std::numeric_limits<T>::quiet_NaN();
-    if ((poison & 1) && K.rows_own_memory() && V.rows_own_memory() && !host)
-      for (Index j = 0; j < nk; ++j) {  // contract 2: a key no query may see is never read
-        bool seen = false;
-        for (Index i = 0; i < nq; ++i) seen = seen || problem.visible[std::size_t(i * nk + j)];
-        if (!seen) K.set_row(j, poison_value), V.set_row(j, poison_value);
-      }
-    if ((poison & 2) && Q.rows_own_memory() && !host)
-      for (Index i = 0; i < nq; ++i) {  // contract 5: a row that sees nothing is 0 whatever its query
-        bool sees = false;
-        for (Index j = 0; j < nk; ++j) sees = sees || problem.visible[std::size_t(i * nk + j)];
-        if (!sees) Q.set_row(i, poison_value);
-      }
+    // contract 2: a key no query may see is never read; contract 5: a row that sees nothing is
+    // 0 whatever its query (rows that share memory, or an output inside an input, stay clean)
+    poison_unread(poison, problem, Q, K, V, K.rows_own_memory() && V.rows_own_memory() && !host,
+                  Q.rows_own_memory() && !host);
     for (Index i = 0; i < nq; ++i) rows.push_back(expect_row(problem, i));
   }
 

@@ -134,17 +134,7 @@ void run_backward(const ByteReader& in) {
   const int poison = in.byte(kPoison);
   if (valid) {
     problem = head_problem<T>(Q, K, V, base.scale, dk, masks);
-    const T poison_value = poison & 4 ? std::numeric_limits<T>::infinity() : std::numeric_limits<T>::quiet_NaN();
-    for (Index j = 0; j < nk && (poison & 1); ++j) {  // a key no row may see adds nothing to any gradient
-      bool seen = false;
-      for (Index i = 0; i < nq; ++i) seen = seen || problem.visible[std::size_t(i * nk + j)];
-      if (!seen) K.set_row(j, poison_value), V.set_row(j, poison_value);
-    }
-    for (Index i = 0; i < nq && (poison & 2); ++i) {  // nor a row that sees no key
-      bool sees = false;
-      for (Index j = 0; j < nk; ++j) sees = sees || problem.visible[std::size_t(i * nk + j)];
-      if (!sees) Q.set_row(i, poison_value);
-    }
+    poison_unread(poison, problem, Q, K, V, true, true);  // such keys and rows add nothing to any gradient
     for (Index i = 0; i < nq; ++i) rows.push_back(expect_row(problem, i));
   }
   context().input = str("backward ", type_name<T>(), " Nq=", nq, " Nk=", nk, " d_k=", dk, " d_v=", dv, "; ", name(layout),
@@ -266,9 +256,7 @@ void run_backward(const ByteReader& in) {
         for (Index c = 0; c < dk; ++c)
           FUZZ_CHECK("d.masked_row", dq(i, c) == T(0), path, ": row ", i, " sees no key but dQ(", i, ", ", c, ") = ", dq(i, c));
     for (Index j = 0; j < nk; ++j) {
-      bool seen = false;
-      for (Index i = 0; i < nq; ++i) seen = seen || problem.visible[std::size_t(i * nk + j)];
-      if (seen) continue;
+      if (problem.key_seen(j)) continue;
       for (Index c = 0; c < dk; ++c)
         FUZZ_CHECK("d.unseen_key", dk_map(j, c) == T(0), path, ": no row sees key ", j, " but dK(", j, ", ", c, ") = ", dk_map(j, c));
       for (Index c = 0; c < dv; ++c)
