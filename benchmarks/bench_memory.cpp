@@ -24,7 +24,7 @@
 // a cold call: it includes the first touch of the path's scratch and starting OpenMP threads):
 //   extra_peak_MiB   VmHWM - VmRSS before the call: what the call added at its peak
 //   rss_before_MiB   the child's RSS with inputs and output allocated
-//   inputs_MiB       Q, K, V and the output together (4 N d floats), for scale
+//   inputs_MiB       the call's N x d matrices together (forward: Q, K, V, O; backward: also dO, dQ, dK, dV), for scale
 //   scores_MiB       what one N x N float score matrix would take, for scale
 //   GFLOPS           4 N^2 d over the call's wall time
 //   us_per_4KiB_page (touch control only) what first-touching a fresh page costs here
@@ -165,14 +165,17 @@ void set_size_counters(benchmark::State& state, Index n, Index d, double matrice
                                                 benchmark::Counter::kIs1000);
 }
 
+/// An n x d matrix for a measured child (random, or zero for outputs), left to live until the
+/// child exits: the call it returns only reads and writes it.
+RowMatrix* child_matrix(Index n, Index d, bool random) {
+  return new RowMatrix(random ? RowMatrix(RowMatrix::Random(n, d)) : RowMatrix(RowMatrix::Zero(n, d)));
+}
+
 void BM_attention_memory(benchmark::State& state, sdpa::Kernel kernel, Index n, Index d, int threads) {
   for (auto _ : state) {
     const Measurement m = measure_in_child([&] {
-      // The matrices live until the child exits; the returned call only reads and writes them.
-      auto* q = new RowMatrix(RowMatrix::Random(n, d));
-      auto* k = new RowMatrix(RowMatrix::Random(n, d));
-      auto* v = new RowMatrix(RowMatrix::Random(n, d));
-      auto* out = new RowMatrix(RowMatrix::Zero(n, d));
+      RowMatrix *q = child_matrix(n, d, true), *k = child_matrix(n, d, true), *v = child_matrix(n, d, true);
+      RowMatrix* out = child_matrix(n, d, false);
       // Eigen's GEMMs (inside Kernel::Reference) take their thread count from this global,
       // not from Options::threads. It starts no thread by itself.
       Eigen::setNbThreads(threads);
@@ -189,14 +192,9 @@ void BM_attention_memory(benchmark::State& state, sdpa::Kernel kernel, Index n, 
 void BM_backward_memory(benchmark::State& state, Index n, Index d, int threads) {
   for (auto _ : state) {
     const Measurement m = measure_in_child([&] {
-      auto* q = new RowMatrix(RowMatrix::Random(n, d));
-      auto* k = new RowMatrix(RowMatrix::Random(n, d));
-      auto* v = new RowMatrix(RowMatrix::Random(n, d));
-      auto* o = new RowMatrix(RowMatrix::Zero(n, d));
-      auto* d_out = new RowMatrix(RowMatrix::Random(n, d));
-      auto* dq = new RowMatrix(RowMatrix::Zero(n, d));
-      auto* dk = new RowMatrix(RowMatrix::Zero(n, d));
-      auto* dv = new RowMatrix(RowMatrix::Zero(n, d));
+      RowMatrix *q = child_matrix(n, d, true), *k = child_matrix(n, d, true), *v = child_matrix(n, d, true);
+      RowMatrix *o = child_matrix(n, d, false), *d_out = child_matrix(n, d, true);
+      RowMatrix *dq = child_matrix(n, d, false), *dk = child_matrix(n, d, false), *dv = child_matrix(n, d, false);
       auto* lse = new sdpa::Vector<float>(sdpa::Vector<float>::Zero(n));
       sdpa::Options options;
       options.kernel = sdpa::Kernel::Simd;

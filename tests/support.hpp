@@ -29,8 +29,9 @@ template <class T>
 using Matrix = sdpa::Matrix<T>;
 using Wide = long double;
 /// True where Wide is IEEE binary128 computed in software (AArch64, also under qemu): there
-/// each of the oracle's operations costs some 50x more, so the two largest shapes it checks
-/// (the [slow] Nq != Nk pair and the backward's float shape) shrink, keeping their features.
+/// the oracle dominates, so the four largest shapes checked against it shrink, keeping their
+/// features (the [slow] Nq != Nk pair, the backward's float shape, grouped decoding's keys and
+/// the 8192-key split decode).
 inline constexpr bool kSoftwareWide = std::numeric_limits<Wide>::digits > 64;
 
 // ---- seeds -----------------------------------------------------------------------------

@@ -432,6 +432,9 @@ TEST_CASE("batched backward: every layout and batched mask gives the 2-D calls' 
     for (const sdpa::Kernel kernel : {sdpa::Kernel::Simd, sdpa::Kernel::Blocked, sdpa::Kernel::Reference}) {
       INFO(sdpa_test::name(kernel));
       options.kernel = kernel;
+      // NaN before each path's call: what a path left unwritten cannot pass for the last one's
+      for (Matrix<float>* m : {&dqkv, &dq_buf, &dk_buf, &dv_buf}) m->setConstant(std::numeric_limits<float>::quiet_NaN());
+      std::fill(dsinks.begin(), dsinks.end(), std::numeric_limits<float>::quiet_NaN());
       sdpa::attention_backward<float>(q, k, v, o, View::bhnd(lse.data(), batch, hq, nq, 1),
                                       View::bhnd(d_out.data(), batch, hq, nq, dvf), dq, dkv, dvv, options,
                                       dsinks.data());
@@ -638,6 +641,7 @@ TEST_CASE("backward: no queries, or no keys, on every path", "[backward]") {
         sdpa::attention_backward_into(Q, K, V, O, lse, dO, dq, dk, dv, options, extra);
         CHECK(dq.isZero(0));
         CHECK(dk.isZero(0));
+        CHECK(dv.isZero(0));
         for (Index e = 0; e < bias_rows * nk; ++e) CHECK(dbias[std::size_t(e)] == 0.0f);
         if (bias_rows * nk == 0) CHECK(std::isnan(dbias[0]));  // nothing written past the view
       }
@@ -691,6 +695,30 @@ TEST_CASE("backward: bad arguments are named, and nothing is written", "[backwar
   options.sequence_lengths = {3};
   require_invalid([&] { sdpa::attention_backward_into(Q, K, V, O, lse, dO, dQ, dK, dV, options); },
                   {"options.sequence_lengths"});
+  sdpa::Options with_sink;
+  with_sink.sinks = {0.5};
+  sdpa::ExtraGradients<float> into_sinks;
+  into_sinks.dsinks = reinterpret_cast<float*>(with_sink.sinks.data());
+  require_invalid([&] { sdpa::attention_backward_into(Q, K, V, O, lse, dO, dQ, dK, dV, with_sink, into_sinks); },
+                  {"dsinks", "overlaps options.sinks"});
+  CHECK(with_sink.sinks[0] == 0.5);
+  // batched: dsinks over dQ's memory; the forward's LSEs over the bias they are computed with
+  using View = sdpa::TensorView<const float>;
+  using Out = sdpa::TensorView<float>;
+  const View q = View::bhnd(Q.data(), 1, 1, 4, 8), k = View::bhnd(K.data(), 1, 1, 6, 8), v = View::bhnd(V.data(), 1, 1, 6, 5);
+  require_invalid([&] {
+    sdpa::attention_backward<float>(q, k, v, View::bhnd(O.data(), 1, 1, 4, 5), View::bhnd(lse.data(), 1, 1, 4, 1),
+                                    View::bhnd(dO.data(), 1, 1, 4, 5), Out::bhnd(dQ.data(), 1, 1, 4, 8),
+                                    Out::bhnd(dK.data(), 1, 1, 6, 8), Out::bhnd(dV.data(), 1, 1, 6, 5), with_sink,
+                                    dQ.data());
+  }, {"dQ overlaps dsinks"});
+  Matrix<float> bias_storage = Matrix<float>::Zero(4, 6), out(4, 5);
+  sdpa::Options biased;
+  biased.bias = sdpa::Bias(sdpa::MatrixView<const float>(bias_storage.data(), 4, 6, 6));
+  require_invalid([&] {
+    sdpa::attention<float>(q, k, v, Out::bhnd(out.data(), 1, 1, 4, 5), Out::bhnd(bias_storage.data(), 1, 1, 4, 1), biased);
+  }, {"lse", "overlaps", "bias"});
+  CHECK(bias_storage.isZero(0));
   CHECK(untouched());
 }
 

@@ -104,6 +104,9 @@ void run_backward(const char* fn, const Input<T>& q, const Input<T>& k, const In
     if (!options.mask.empty()) check("options.mask", options.mask);
     if (!options.bias.f32.empty()) check("options.bias", options.bias.f32);
     if (!options.bias.f64.empty()) check("options.bias", options.bias.f64);
+    if (!options.sinks.empty())
+      check("options.sinks", MatrixView<const double>(options.sinks.data(), 1, Index(options.sinks.size()),
+                                                      Index(options.sinks.size())));
     for (std::size_t b = a + 1; b < std::size(results); ++b) check(results[b].first, results[b].second);
   }
 
@@ -200,12 +203,10 @@ void attention_backward(const TensorView<const T>& q, const TensorView<const T>&
   detail::check_lse_view(fn, lse, q);
   if (dsinks && options.sinks.empty())
     detail::fail(fn, "dsinks is requested but options.sinks is empty: there is no sink logit to differentiate");
-  if (dsinks) {
-    const auto first = reinterpret_cast<std::uintptr_t>(dsinks), last = first + std::uintptr_t(q.heads) * sizeof(T);
-    const auto sinks = reinterpret_cast<std::uintptr_t>(options.sinks.data());
-    if (first < sinks + options.sinks.size() * sizeof(double) && sinks < last)
-      detail::fail(fn, "dsinks overlaps options.sinks: results would overwrite inputs still being read");
-  }
+  if (dsinks && detail::overlaps(MatrixView<const T>(dsinks, 1, q.heads, q.heads),
+                                 MatrixView<const double>(options.sinks.data(), 1, Index(options.sinks.size()),
+                                                          Index(options.sinks.size()))))
+    detail::fail(fn, "dsinks overlaps options.sinks: results would overwrite inputs still being read");
   std::pair<std::uintptr_t, std::uintptr_t> range;
   for (const auto& [name, view] : {std::pair<const char*, TensorView<const T>>{"dO", d_out}, {"lse", lse}})
     if (view.batch_stride < 0 || view.head_stride < 0 || view.token_stride < 0 || !detail::span(view, range))
@@ -216,38 +217,22 @@ void attention_backward(const TensorView<const T>& q, const TensorView<const T>&
     if (!detail::owns_its_elements(grad))
       detail::fail(fn, detail::shape4(name, grad), "'s strides give two elements one place: results would overwrite each other");
   }
-  // No gradient head may touch an input head or another gradient head (a fused dQKV buffer
-  // interleaves its three parts without overlap: compared head by head, exactly).
-  const auto heads_overlap = [&](const TensorView<T>& grad, const auto& other, bool same) {
-    for (Index b = 0; b < q.batch; ++b)
-      for (Index c = 0; c < other.batch; ++c)
-        for (Index h = 0; h < grad.heads; ++h)
-          for (Index g = 0; g < other.heads; ++g)
-            if (!(same && b == c && g == h) && detail::overlaps(MatrixView<const T>(grad.head(b, h)), other.head(c, g)))
-              return true;
-    return false;
-  };
+  // No result may touch an input or another result (a fused dQKV buffer interleaves its three
+  // parts without overlap: compared head by head, exactly). dsinks: one value per query head.
+  const TensorView<T> dsinks_view{dsinks, dsinks ? 1 : 0, 1, q.heads, 1, 0, 0, 1};
   const std::pair<const char*, TensorView<const T>> inputs[] = {{"Q", q}, {"K", k}, {"V", v}, {"O", o}, {"dO", d_out},
                                                                 {"lse", lse}};
-  const std::pair<const char*, TensorView<T>> grads[] = {{"dQ", dq}, {"dK", dk}, {"dV", dv}};
-  for (std::size_t a = 0; a < 3; ++a) {
-    for (const auto& [name, input] : inputs)
-      if (heads_overlap(grads[a].second, input, false))
-        detail::fail(fn, grads[a].first, " overlaps ", name, ": results would overwrite inputs still being read");
-    for (std::size_t b = a; b < 3; ++b)
-      if (heads_overlap(grads[a].second, TensorView<const T>(grads[b].second), a == b))
-        detail::fail(fn, grads[a].first, " overlaps ", grads[b].first, ": results would overwrite each other");
-    const auto mask_overlap = [&](const auto& m) {  // a 2-D mask or bias, against every head
-      for (Index b = 0; b < q.batch; ++b)
-        for (Index h = 0; h < grads[a].second.heads; ++h)
-          if (detail::overlaps(MatrixView<const T>(grads[a].second.head(b, h)), m)) return true;
-      return false;
-    };
-    if ((!options.mask.empty() && mask_overlap(options.mask)) || (!options.bias.f32.empty() && mask_overlap(options.bias.f32)) ||
-        (!options.bias.f64.empty() && mask_overlap(options.bias.f64)) ||
-        (!options.batch_mask.empty() && heads_overlap(grads[a].second, options.batch_mask, false)) ||
-        (!options.batch_bias.empty() && heads_overlap(grads[a].second, options.batch_bias, false)))
-      detail::fail(fn, grads[a].first, " overlaps a mask or bias of the options: results would overwrite inputs still being read");
+  const std::pair<const char*, TensorView<T>> results[] = {{"dQ", dq}, {"dK", dk}, {"dV", dv}, {"dsinks", dsinks_view}};
+  for (std::size_t a = 0; a < std::size(results); ++a) {
+    const auto& [name, result] = results[a];
+    for (const auto& [input_name, input] : inputs)
+      if (detail::heads_overlap(result, input))
+        detail::fail(fn, name, " overlaps ", input_name, ": results would overwrite inputs still being read");
+    for (std::size_t b = a; b < std::size(results); ++b)
+      if (detail::heads_overlap(result, TensorView<const T>(results[b].second), a == b))
+        detail::fail(fn, name, " overlaps ", results[b].first, ": results would overwrite each other");
+    if (detail::overlaps_masks(result, options))
+      detail::fail(fn, name, " overlaps a mask or bias of the options: results would overwrite inputs still being read");
   }
 
   const double scale = detail::resolve_scale<T>(fn, options, q.features);

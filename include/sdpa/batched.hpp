@@ -62,6 +62,40 @@ bool owns_its_elements(const TensorView<T>& t) {
   return true;
 }
 
+/// Whether a head of result `r` (any batch item) shares memory with a head of `input` (any
+/// batch item); `same`: r and input are one view, whose heads are compared with the others
+/// only. Views whose spans do not meet are not compared head by head (only the ones that
+/// meet, e.g. the parts of a fused buffer, pay for the exact test).
+template <class R, class I>
+bool heads_overlap(const TensorView<R>& r, const TensorView<I>& input, bool same = false) {
+  std::pair<std::uintptr_t, std::uintptr_t> a, b;
+  if (!r.data || !input.data) return false;
+  if (span(r, a) && span(input, b) && (a.first == a.second || b.first == b.second || a.second <= b.first || b.second <= a.first))
+    return false;
+  for (Index rb = 0; rb < r.batch; ++rb)
+    for (Index ib = 0; ib < input.batch; ++ib)
+      for (Index rh = 0; rh < r.heads; ++rh)
+        for (Index ih = 0; ih < input.heads; ++ih)
+          if (!(same && rb == ib && rh == ih) && overlaps(MatrixView<const R>(r.head(rb, rh)), input.head(ib, ih)))
+            return true;
+  return false;
+}
+
+/// Whether a head of result `r` shares memory with a mask or bias of the options, 2-D or batched.
+template <class R>
+bool overlaps_masks(const TensorView<R>& r, const Options& options) {
+  const auto any_head = [&](const auto& m) {
+    for (Index b = 0; b < r.batch; ++b)
+      for (Index h = 0; h < r.heads; ++h)
+        if (overlaps(MatrixView<const R>(r.head(b, h)), m)) return true;
+    return false;
+  };
+  return (!options.mask.empty() && any_head(options.mask)) || (!options.bias.f32.empty() && any_head(options.bias.f32)) ||
+         (!options.bias.f64.empty() && any_head(options.bias.f64)) ||
+         (!options.batch_mask.empty() && heads_overlap(r, options.batch_mask)) ||
+         (!options.batch_bias.empty() && heads_overlap(r, options.batch_bias));
+}
+
 /// `lse` is [B, H_q, N_q, 1] for queries q, each head's LSEs contiguous, at addressable strides.
 template <class C, class T>
 void check_lse_view(const char* fn, const TensorView<const C>& lse, const TensorView<const T>& q) {
@@ -225,15 +259,9 @@ void attention(const TensorView<const T>& q, const TensorView<const S>& k, const
   detail::check_lse_view("attention", TensorView<const compute_type<T>>(lse), q);
   if (!detail::owns_its_elements(lse))
     detail::fail("attention", detail::shape4("lse", lse), "'s strides give two LSEs one place: they would overwrite each other");
-  for (Index b = 0; b < q.batch; ++b)
-    for (Index h = 0; h < q.heads; ++h)
-      for (Index g = 0; g < k.heads; ++g)
-        if (detail::overlaps(lse.head(b, h), k.head(b, g)) || detail::overlaps(lse.head(b, h), v.head(b, g)) ||
-            detail::overlaps(lse.head(b, h), q.head(b, h)) ||
-            detail::overlaps(lse.head(b, h), MatrixView<const T>(out.head(b, h))) ||
-            (!options.mask.empty() && detail::overlaps(lse.head(b, h), options.mask)) ||
-            (!options.batch_mask.empty() && detail::overlaps(lse.head(b, h), options.batch_mask.head(b % options.batch_mask.batch, h % options.batch_mask.heads))))
-          detail::fail("attention", "lse overlaps Q, K, V, out or a mask (batch ", b, ", head ", h, ")");
+  if (detail::heads_overlap(lse, q) || detail::heads_overlap(lse, k) || detail::heads_overlap(lse, v) ||
+      detail::heads_overlap(lse, TensorView<const T>(out)) || detail::overlaps_masks(lse, options))
+    detail::fail("attention", detail::shape4("lse", lse), " overlaps Q, K, V, out or a mask or bias of the options");
   if (q.batch == 0 || q.heads == 0) return;
   const double scale = detail::resolve_scale<compute_type<T>>("attention", options, q.features);
   const Index group = q.heads / k.heads;

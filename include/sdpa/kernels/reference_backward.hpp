@@ -51,6 +51,9 @@ struct GradientViews {
   /// Whether dbias is requested with one row per query (rather than one row for all: a 1 x Nk
   /// bias, whose gradient sums over the queries). With one query the two are the same.
   bool dbias_per_query(Index nq) const { return !dbias.empty() && dbias.rows == nq && nq > 1; }
+  /// Whether dbias is requested as one row summed over the queries (a 1 x Nk bias, or one
+  /// query). Neither holds for an Nq x Nk bias with no queries: it has no row to write.
+  bool dbias_summed() const { return !dbias.empty() && dbias.rows == 1; }
 };
 
 /// The inputs of one head's backward pass, all in T: Q, K, V, the forward's output O and its
@@ -122,9 +125,7 @@ class ReferenceBackward {
     T* dv = out.dv.row(j);
     std::fill(dk, dk + out.dk.cols, T(0));
     std::fill(dv, dv + out.dv.cols, T(0));
-    // one dbias row summed over the queries: a 1 x Nk bias, or one query (with no queries, an
-    // Nq x Nk bias has no row to write)
-    const bool broadcast_dbias = !out.dbias.empty() && out.dbias.rows == 1;
+    const bool broadcast_dbias = out.dbias_summed();
     T dbias = T(0);
     for (Index i = 0; i < in_.q.rows; ++i) {
       const PairGradient<T> g = pair(i, j);
