@@ -16,9 +16,11 @@
 //                                                 (`vs_separate`) and the batch padded to 2048
 //                                                 with sequence_lengths (`vs_padded`)
 //   paged/decode/N:8192/d:64/threads:T            one query per head against a PagedKVCache of
-//                                                 16-token pages in shuffled order, head by head,
-//                                                 against the same call on a KVCache
-//                                                 (`vs_contiguous`: time ratio; tokens_per_s)
+//                                                 16-token pages in shuffled order, every head in
+//                                                 one call (page by page), against the heads one
+//                                                 by one on a KVCache (`vs_contiguous`: time
+//                                                 ratio; tokens_per_s), and the paged heads one by
+//                                                 one (`by_head_vs_contiguous`)
 //
 // One iteration = 8 heads, [1, N, 8, d] (the projected layout), Kernel::Simd, 1 or 2 threads.
 //
@@ -169,9 +171,10 @@ void BM_paged_decode(benchmark::State& state, Index n, Index d, int threads) {
   std::shuffle(table.begin(), table.end(), std::mt19937(3));
   const Index scattered = paged.adopt(table, n);  // the same pages, visited in shuffled order
   const sdpa::Matrix<float> q = w.q.topRows(1);
-  sdpa::Matrix<float> out(1, d);
+  sdpa::Matrix<float> out(1, d), all_heads(1, kHeads * d);
   const sdpa::Options options = variant("plain", false, threads);
-  const auto run_paged = [&] {
+  const auto run_paged = [&] { sdpa::attention_into(q, paged, scattered, all_heads, options); };
+  const auto run_paged_by_head = [&] {
     for (Index h = 0; h < kHeads; ++h)
       out = sdpa::attention(q.middleCols(h * d, d), paged.keys(scattered, h), paged.values(scattered, h), options);
   };
@@ -182,9 +185,10 @@ void BM_paged_decode(benchmark::State& state, Index n, Index d, int threads) {
                            Eigen::Map<const sdpa::Matrix<float>>(v.data, n, d), out, options);
     }
   };
-  run_paged(), run_flat();  // warm-up
-  const auto seconds = time_interleaved(state, run_paged, run_flat);
+  run_paged(), run_paged_by_head(), run_flat();  // warm-up
+  const auto seconds = time_interleaved(state, run_paged, run_flat, run_paged_by_head);
   state.counters["vs_contiguous"] = seconds[0] / seconds[1];
+  state.counters["by_head_vs_contiguous"] = seconds[2] / seconds[1];
   state.counters["tokens_per_s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
 }
 

@@ -1,8 +1,13 @@
 // PagedKVCache: attention over pages read in place against the same tokens in a contiguous
-// cache (bit for bit when decoding), for every storage type and path; forks that share a
-// prompt with copy on write; freeing and truncating pages; SelfAttention::step; bad input.
+// cache (bit for bit when decoding), for every storage type and path; the multi-head call
+// (every head of a page at once) against the heads one by one, bit for bit, and against the
+// long-double reference; forks that share a prompt with copy on write; freeing and truncating
+// pages; SelfAttention::step; bad input.
 #include "catch.hpp"
 #include "support.hpp"
+
+#include <cstring>
+#include <limits>
 
 namespace test_paged {  // this file's names, apart from the other files' in a unity build
 
@@ -98,6 +103,146 @@ TEST_CASE("attention over pages matches the long-double reference (double, every
     check_attention(sdpa::attention(q, cache.keys(s, 0), cache.values(s, 0), spec.options(kernel)), e, 29, 8,
                     name(kernel));
   }
+}
+
+namespace {
+
+/// Whether two matrices hold the same bits (NaN included).
+bool same_bits(const Matrix<float>& a, const Matrix<float>& b) {
+  return a.rows() == b.rows() && a.cols() == b.cols() &&
+         std::memcmp(a.data(), b.data(), sizeof(float) * std::size_t(a.size())) == 0;
+}
+
+/// `tokens` tokens of `kv_heads` heads in pages of `page` tokens, their pages scattered among
+/// another sequence's; `keys` and `values` keep them as floats (n x kv_heads d).
+template <class S>
+struct MultiHeadCache {
+  sdpa::PagedKVCache<S> paged;
+  Matrix<float> keys, values;
+  Index sequence = -1;
+
+  MultiHeadCache(Index kv_heads, Index page, Index tokens, std::mt19937_64& gen)
+      : paged(kv_heads, kDim, kDim, page, 2 * (tokens / page + 2)),
+        keys(random_matrix<float>(tokens, kv_heads * kDim, gen, -2, 2)),
+        values(random_matrix<float>(tokens, kv_heads * kDim, gen)) {
+    const Index other = paged.add_sequence();
+    sequence = paged.add_sequence();
+    for (Index t = 0; t < tokens; t += page) {  // a page of each in turn
+      const Index n = std::min(page, tokens - t);
+      paged.append(sequence, keys.middleRows(t, n), values.middleRows(t, n));
+      paged.append(other, keys.middleRows(t, n), values.middleRows(t, n));
+    }
+  }
+};
+
+/// Options of the multi-head call, with per-head sinks and slopes, and those of head h alone.
+sdpa::Options multi_head_options(Index heads, sdpa::Kernel kernel, int threads) {
+  sdpa::Options o;
+  o.kernel = kernel;
+  o.threads = threads;
+  o.causal = true;
+  o.window = {700, 0};
+  o.softcap = 8.0;
+  for (Index h = 0; h < heads; ++h) o.sinks.push_back(0.3 * double(h) - 0.5), o.alibi_slopes.push_back(0.01 * double(h + 1));
+  return o;
+}
+sdpa::Options head_options(const sdpa::Options& all, Index h) {
+  sdpa::Options o = all;
+  o.sinks = {all.sinks[std::size_t(h)]};
+  o.alibi_slopes = {all.alibi_slopes[std::size_t(h)]};
+  return o;
+}
+
+template <class S>
+void check_multi_head_matches_heads(const std::string& type) {
+  auto gen = rng(1105);
+  constexpr Index kKvHeads = 2, kQueryHeads = 4;  // grouped: two query heads per kv head
+  for (const Index page : {16, 5, 37})
+    for (const Index tokens : {0, 1, 300, 1300}) {  // 1300: the keys are split into pieces
+      MultiHeadCache<S> cache(kKvHeads, page, tokens, gen);
+      for (const Index nq : {1, 4, 9})
+        for (const sdpa::Kernel kernel : all_kernels())
+          for (const int threads : {1, 2}) {
+            if (sdpa::is_quantized<S> && (kernel == sdpa::Kernel::Reference || kernel == sdpa::Kernel::Blocked)) continue;
+            CAPTURE(type, page, tokens, nq, name(kernel), threads);
+            const sdpa::Options options = multi_head_options(kQueryHeads, kernel, threads);
+            const Matrix<float> q = random_matrix<float>(nq, kQueryHeads * kDim, gen, -2, 2);
+            const Matrix<float> all = sdpa::attention(q, cache.paged, cache.sequence, options);
+            REQUIRE(all.rows() == nq);
+            REQUIRE(all.cols() == kQueryHeads * kDim);
+            for (Index h = 0; h < kQueryHeads; ++h) {
+              const Index kv = h / (kQueryHeads / kKvHeads);
+              const Matrix<float> one = sdpa::attention(q.middleCols(h * kDim, kDim), cache.paged.keys(cache.sequence, kv),
+                                                        cache.paged.values(cache.sequence, kv), head_options(options, h));
+              CHECK(same_bits(all.middleCols(h * kDim, kDim), one));
+            }
+          }
+    }
+}
+
+}  // namespace
+
+TEST_CASE("multi-head attention over pages equals the heads one by one, bit for bit", "[paged]") {
+  check_multi_head_matches_heads<float>("float");
+  check_multi_head_matches_heads<Eigen::half>("half");
+  check_multi_head_matches_heads<Eigen::bfloat16>("bfloat16");
+  check_multi_head_matches_heads<sdpa::BlockQ8_0>("q8_0");
+}
+
+TEST_CASE("multi-head decoding from pages matches the long-double reference; NaN stays in its head", "[paged]") {
+  auto gen = rng(1106);
+  constexpr Index kKvHeads = 2, kQueryHeads = 4;
+  MultiHeadCache<float> cache(kKvHeads, 16, 1500, gen);
+  const sdpa::Options options = multi_head_options(kQueryHeads, sdpa::Kernel::Simd, 2);
+  const Matrix<float> q = random_matrix<float>(2, kQueryHeads * kDim, gen, -2, 2);
+  Matrix<float> out = Matrix<float>::Constant(2, kQueryHeads * kDim, -7.0f);
+  sdpa::attention_into(q, cache.paged, cache.sequence, out, options);
+  for (Index h = 0; h < kQueryHeads; ++h) {
+    const Index kv = h / 2;
+    MaskSpec spec;
+    spec.causal = true;
+    spec.window_left = 700, spec.window_right = 0;
+    spec.softcap = 8.0;
+    spec.alibi = true, spec.slope = options.alibi_slopes[std::size_t(h)];
+    spec.has_sink = true, spec.sink = options.sinks[std::size_t(h)];
+    const Matrix<float> q_h = q.middleCols(h * kDim, kDim), k_h = cache.keys.middleCols(kv * kDim, kDim),
+                        v_h = cache.values.middleCols(kv * kDim, kDim);
+    const Expected e = reference(q_h, k_h, v_h, 1.0 / std::sqrt(double(kDim)), spec);
+    CAPTURE(h);
+    check_attention(Matrix<float>(out.middleCols(h * kDim, kDim)), e, 1500, kDim, "multi-head paged decode");
+  }
+
+  // A NaN value the last query sees reaches the rows of its kv head's query heads (redone by
+  // the reference, as head by head), and no other head's.
+  Matrix<float> k_new = random_matrix<float>(1, kKvHeads * kDim, gen), v_new = random_matrix<float>(1, kKvHeads * kDim, gen);
+  v_new(0, kDim + 3) = std::numeric_limits<float>::quiet_NaN();  // kv head 1
+  cache.paged.append(cache.sequence, k_new, v_new);
+  const Matrix<float> last = q.topRows(1), nan_out = sdpa::attention(last, cache.paged, cache.sequence, options);
+  CHECK(nan_out.leftCols(2 * kDim).allFinite());
+  for (Index h = 2; h < kQueryHeads; ++h) {
+    CHECK(std::isnan(nan_out(0, h * kDim + 3)));
+    CHECK(same_bits(nan_out.middleCols(h * kDim, kDim),
+                    sdpa::attention(last.middleCols(h * kDim, kDim), cache.paged.keys(cache.sequence, 1),
+                                    cache.paged.values(cache.sequence, 1), head_options(options, h))));
+  }
+}
+
+TEST_CASE("the multi-head call rejects bad shapes, sequences and per-head lists before writing", "[paged][errors]") {
+  auto gen = rng(1107);
+  MultiHeadCache<float> cache(2, 16, 40, gen);
+  const Matrix<float> q = random_matrix<float>(1, 4 * kDim, gen);
+  Matrix<float> out = Matrix<float>::Constant(1, 4 * kDim, -7.0f);
+  const sdpa::Options options = multi_head_options(4, sdpa::Kernel::Auto, 1);
+  require_invalid([&] { (void)sdpa::attention(Matrix<float>(q.leftCols(3 * kDim)), cache.paged, cache.sequence); },
+                  {"Q is 1x96", "2 key heads of d_k = 32", "a multiple of 64 columns"});
+  require_invalid([&] { (void)sdpa::attention(q, cache.paged, 5); }, {"sequence 5 does not exist"});
+  sdpa::Options two_sinks = options;
+  two_sinks.sinks = {0.0, 1.0};
+  require_invalid([&] { sdpa::attention_into(q, cache.paged, cache.sequence, out, two_sinks); }, {"sinks"});
+  Matrix<float> narrow(1, 3 * kDim);
+  require_invalid([&] { sdpa::attention_into(q, cache.paged, cache.sequence, narrow, options); },
+                  {"out is 1x96", "1x128"});
+  CHECK((out.array() == -7.0f).all());
 }
 
 TEST_CASE("fork shares a prompt's pages; the first append copies a shared last page", "[paged]") {

@@ -17,6 +17,28 @@ SDPA_BEGIN_NAMESPACE
 
 namespace detail {
 
+/// The kernel a call on a paged cache of S runs: Simd for int8 blocks (the only path that
+/// reads them), else the one Options choose.
+template <class T, class S>
+Kernel paged_kernel(const Options& options, Index nq, Index nk) {
+  return is_quantized<S> ? Kernel::Simd : resolve_kernel<T>(options.kernel, nq, nk);
+}
+
+/// Runs one head of Q against one head of a paged cache, validated.
+template <class T, class S>
+void dispatch_paged(MatrixView<const T> q, const PagedView<const S>& k, const PagedView<const S>& v,
+                    MatrixView<T> out, double scale, const HeadMasks& masks, const Options& options) {
+  const Kernel kernel = paged_kernel<T, S>(options, q.rows, k.rows);
+  if constexpr (!is_quantized<S>) {
+    if (kernel == Kernel::Reference) return kernels::reference_attention(q, k, v, out, scale, masks, options);
+  }
+  if (kernel == Kernel::Simd && std::is_same_v<compute_type<T>, float>)
+    return kernels::with_target(sdpa::isa(), [&](auto target) {
+      decltype(target)::paged_head(q, k, v, out, nullptr, scale, masks, options, true);
+    });
+  kernels::scalar::Target::paged_head(q, k, v, out, nullptr, scale, masks, options, false);
+}
+
 /// Validates, then runs one head of Q against one head of a paged cache. Nothing is written
 /// before validation has passed. (The cache's pages are its own memory: `out` cannot overlap
 /// them, so only Q is checked for overlap.)
@@ -32,17 +54,8 @@ void run_paged_attention(const char* function, MatrixView<const T> q, const Page
   reject_batched_options(function, options);
   check_kernel_for<S>(function, options);
   validate_output(function, out, q.rows, dv, options, static_cast<const C*>(nullptr), std::pair{"Q", q});
-  const double scale = resolve_scale<C>(function, options, q.cols);
-  const HeadMasks masks = HeadMasks::of(options, head.index);
-  const Kernel kernel = is_quantized<S> ? Kernel::Simd : resolve_kernel<T>(options.kernel, q.rows, k.rows);
-  if constexpr (!is_quantized<S>) {
-    if (kernel == Kernel::Reference) return kernels::reference_attention(q, k, v, out, scale, masks, options);
-  }
-  if (kernel == Kernel::Simd && std::is_same_v<C, float>)
-    return kernels::with_target(sdpa::isa(), [&](auto target) {
-      decltype(target)::paged_head(q, k, v, out, nullptr, scale, masks, options, true);
-    });
-  kernels::scalar::Target::paged_head(q, k, v, out, nullptr, scale, masks, options, false);
+  dispatch_paged(q, k, v, out, resolve_scale<C>(function, options, q.cols), HeadMasks::of(options, head.index),
+                 options);
 }
 
 }  // namespace detail
@@ -57,9 +70,12 @@ namespace sdpa {
 /// sequences can share them: fork() gives a new sequence the pages of another (a shared
 /// prompt, beam search, parallel sampling), and the first append to a shared, partly filled
 /// last page copies it first (copy on write); full shared pages stay shared for good.
-/// free() returns a sequence's pages to the pool when no other sequence holds them. Stored
-/// [pages, kv_heads, page_size, d]: within a page each head's keys are contiguous rows, and
-/// attention reads them in place, page by page (PagedView). T as for KVCache: float, double,
+/// free() returns a sequence's pages to the pool when no other sequence holds them. A page is
+/// one block of memory, its keys [kv_heads, page_size, d_k] and then its values [kv_heads,
+/// page_size, d_v]: each head's rows are contiguous, and attention reads them in place
+/// (PagedView). The multi-head attention() below reads a page's block whole, every head at
+/// once: scattered pages stream from memory at nearly the rate of a contiguous cache only in
+/// such long runs (README, "Paged KV cache"). T as for KVCache: float, double,
 /// long double, Eigen::half, Eigen::bfloat16 or BlockQ8_0 (int8 blocks of 32 features).
 /// Not safe to modify from several threads at once; reading (attention) is.
 ///
@@ -90,8 +106,8 @@ class PagedKVCache {
     detail::check_cache_head_dims<T>(fn, head_dim, value_head_dim);
     key_elements_ = head_dim / kFeaturesPerElement;
     value_elements_ = value_head_dim / kFeaturesPerElement;
-    keys_.resize(elements(key_elements_));
-    values_.resize(elements(value_elements_));
+    page_elements_ = kv_heads * page_size * (key_elements_ + value_elements_);
+    pool_.resize(elements(key_elements_ + value_elements_));
     references_.assign(std::size_t(pages), 0);
     for (Index p = pages; p-- > 0;) free_.push_back(p);  // page 0 is handed out first
   }
@@ -211,14 +227,14 @@ class PagedKVCache {
   /// through its page table (valid until the sequence's pages change).
   PagedView<const T> keys(Index sequence, Index head) const {
     const Sequence& s = live(sequence);
-    return {keys_.data() + checked_head(head) * page_size_ * key_elements_, s.table.data(), page_size_,
-            kv_heads_ * page_size_ * key_elements_, key_elements_, s.length, key_elements_, 0};
+    return {pool_.data() + checked_head(head) * page_size_ * key_elements_, s.table.data(), page_size_,
+            page_elements_, key_elements_, s.length, key_elements_, 0};
   }
   /// The cached values of one head of `sequence`: length(sequence) x value_head_dim(), in place.
   PagedView<const T> values(Index sequence, Index head) const {
     const Sequence& s = live(sequence);
-    return {values_.data() + checked_head(head) * page_size_ * value_elements_, s.table.data(), page_size_,
-            kv_heads_ * page_size_ * value_elements_, value_elements_, s.length, value_elements_, 0};
+    return {pool_.data() + values_offset() + checked_head(head) * page_size_ * value_elements_, s.table.data(),
+            page_size_, page_elements_, value_elements_, s.length, value_elements_, 0};
   }
 
  private:
@@ -242,7 +258,8 @@ class PagedKVCache {
     if (page < 0 || page >= pages_) detail::fail("PagedKVCache", "page ", page, " is outside [0, ", pages_, ")");
     return page;
   }
-  /// pages x kv_heads x page_size x features (every size checked >= 1 above).
+  /// pages x kv_heads x page_size x features (every size checked >= 1 above): the pool, with
+  /// features = key and value elements of a token's head.
   std::size_t elements(Index features) const {
     return detail::cache_elements<T>("PagedKVCache", {"pages", "kv_heads", "page_size", "features"},
                                      {pages_, kv_heads_, page_size_, features});
@@ -269,18 +286,96 @@ class PagedKVCache {
     release(shared);
     s.table.back() = copy;
   }
+  /// Where a page's values start within its block: after its keys.
+  Index values_offset() const { return kv_heads_ * page_size_ * key_elements_; }
   T* key_row(Index page, Index h, Index row) {
-    return keys_.data() + ((page * kv_heads_ + h) * page_size_ + row) * key_elements_;
+    return pool_.data() + page * page_elements_ + (h * page_size_ + row) * key_elements_;
   }
   T* value_row(Index page, Index h, Index row) {
-    return values_.data() + ((page * kv_heads_ + h) * page_size_ + row) * value_elements_;
+    return pool_.data() + page * page_elements_ + values_offset() + (h * page_size_ + row) * value_elements_;
   }
 
-  Index kv_heads_, head_dim_, value_head_dim_, page_size_, pages_, key_elements_ = 0, value_elements_ = 0;
-  std::vector<T> keys_, values_;
+  Index kv_heads_, head_dim_, value_head_dim_, page_size_, pages_, key_elements_ = 0, value_elements_ = 0,
+      page_elements_ = 0;
+  std::vector<T> pool_;  // pages x (keys, values): elements(), page_elements_ per page
   std::vector<Index> references_, free_;
   std::vector<Sequence> sequences_;
 };
+
+}  // namespace sdpa
+
+SDPA_BEGIN_NAMESPACE
+namespace detail {
+
+/// Validates, then runs every query head of Q (Nq x heads d_k, heads side by side) against
+/// sequence `sequence` of a paged cache, into out (Nq x heads d_v). Query head h reads kv
+/// head h / (heads / kv_heads). Nothing is written before validation has passed.
+template <class T, class S>
+void run_paged_heads(const char* function, MatrixView<const T> q, const PagedKVCache<S>& cache, Index sequence,
+                     MatrixView<T> out, const Options& options) {
+  check_storage<T, S>();
+  using C = compute_type<T>;
+  sdpa::isa();  // first of all, the CPU check (isa.hpp)
+  const Index dk = cache.head_dim(), dv = cache.value_head_dim(), kv_heads = cache.kv_heads();
+  const Index nk = cache.length(sequence);  // (throws for a sequence that does not exist)
+  if (q.cols % (kv_heads * dk) != 0 || q.cols == 0)
+    fail(function, "Q is ", shape(q.rows, q.cols), " but the cache holds ", kv_heads, " key heads of d_k = ", dk,
+         ": Q needs heads side by side, a multiple of ", kv_heads * dk, " columns");
+  const Index heads = q.cols / dk, group = heads / kv_heads;
+  validate_attention<C>(function, q.rows, dk, nk, dk, &nk, &dv, options, heads);
+  reject_batched_options(function, options);
+  check_kernel_for<S>(function, options);
+  validate_output(function, out, q.rows, heads * dv, options, static_cast<const C*>(nullptr), std::pair{"Q", q});
+  const double scale = resolve_scale<C>(function, options, dk);
+  std::vector<PagedView<const S>> k, v;
+  for (Index h = 0; h < kv_heads; ++h) k.push_back(cache.keys(sequence, h)), v.push_back(cache.values(sequence, h));
+  std::vector<HeadMasks> masks;
+  for (Index h = 0; h < heads; ++h) masks.push_back(HeadMasks::of(options, h));
+  if (paged_kernel<T, S>(options, q.rows, nk) == Kernel::Simd && std::is_same_v<C, float>)
+    return kernels::with_target(sdpa::isa(), [&](auto target) {
+      decltype(target)::paged_heads(q, k.data(), v.data(), group, out, scale, masks.data(), heads, options);
+    });
+  for (Index h = 0; h < heads; ++h)
+    dispatch_paged(q.middle_cols(h * dk, dk), k[std::size_t(h / group)], v[std::size_t(h / group)],
+                   out.middle_cols(h * dv, dv), scale, masks[std::size_t(h)], options);
+}
+
+}  // namespace detail
+SDPA_END_NAMESPACE
+
+namespace sdpa {
+
+/// Multi-head attention of Q against sequence `sequence` of a paged cache, read in place:
+/// Q is Nq x (heads d_k), the query heads side by side as a projection gives them, heads a
+/// multiple of the cache's kv_heads (query head h reads kv head h / (heads / kv_heads):
+/// grouped-query attention); the result is Nq x (heads d_v), side by side. Options as for the
+/// 2-D attention(), applying to every head, with the per-head lists (alibi_slopes, sinks) of
+/// `heads` entries. Decoding (up to 4 queries, on the Simd path) reads the keys of every head
+/// of a page, then their values, in one pass: each head's rows are those of the head-by-head
+/// calls (and of a contiguous cache), bit for bit, at a higher rate from scattered pages.
+///
+///     sdpa::Matrix<float> y = sdpa::attention(q, cache, sequence, options);  // q: 1 x (heads d_k)
+template <class DQ, class S>
+Matrix<typename DQ::Scalar> attention(const Eigen::MatrixBase<DQ>& Q, const PagedKVCache<S>& cache, Index sequence,
+                                      const Options& options = {}) {
+  using T = typename DQ::Scalar;
+  const detail::Input<T> q(Q);
+  Matrix<T> out(q.rows(), q.cols() / cache.head_dim() * cache.value_head_dim());  // (Q's shape is checked)
+  detail::run_paged_heads<T, S>("attention", q.view(), cache, sequence,
+                                MatrixView<T>(out.data(), out.rows(), out.cols(), out.cols()), options);
+  return out;
+}
+
+/// The multi-head attention() above, written into `out` (Nq x heads d_v, a Matrix, Map or
+/// block of one): a decoding loop that owns its output touches no fresh memory per token.
+template <class DQ, class S, class DO, class = detail::if_writable<DO>>
+void attention_into(const Eigen::MatrixBase<DQ>& Q, const PagedKVCache<S>& cache, Index sequence, DO&& out,
+                    const Options& options = {}) {
+  using T = typename DQ::Scalar;
+  const detail::Input<T> q(Q);
+  detail::run_paged_heads<T, S>("attention_into", q.view(), cache, sequence,
+                                detail::output_view<T>("attention_into", "out", out), options);
+}
 
 /// O = softmax(scale Q K^T + masks) V for Q (Nq x d_k) against one head of a paged cache
 /// (PagedKVCache::keys and values), read in place page by page: the result of the same call

@@ -222,8 +222,14 @@ class SelfAttention {
     cache.append(sequence, project(X, w_.Wk, w_.bk), project(X, w_.Wv, w_.bv));
     try {
       const Matrix<T> Q = project(X, w_.Wq, w_.bq);
-      return attend_and_project(
-          Q, [&](Index kv) { return std::pair(cache.keys(sequence, kv), cache.values(sequence, kv)); }, causal);
+      if constexpr (std::is_same_v<Cache, PagedKVCache<C>>) {  // every head at once, page by page
+        Matrix<T> heads_out(Q.rows(), heads_ * value_head_dim());
+        detail::run_paged_heads<T, C>(fn, MatrixView<const T>(Q), cache, sequence, MatrixView<T>(heads_out), causal);
+        return output_projection(heads_out);
+      } else {
+        return attend_and_project(
+            Q, [&](Index kv) { return std::pair(cache.keys(sequence, kv), cache.values(sequence, kv)); }, causal);
+      }
     } catch (...) {
       cache.truncate(sequence, length);
       throw;
@@ -318,14 +324,15 @@ class SelfAttention {
     for (Index h = 0; h < heads_; ++h) {  // a head is a column slice: strided views, no copies
       const auto [k, v] = kv_of(h / group);
       using S = std::remove_const_t<std::remove_pointer_t<decltype(k.row(0))>>;  // the cache's storage type
-      if constexpr (std::is_same_v<std::decay_t<decltype(k)>, PagedView<const S>>)
-        detail::run_paged_attention<T, S>("SelfAttention", q.middle_cols(h * dk, dk), k, v, o.middle_cols(h * dv, dv),
-                                          options, {h, heads_});
-      else
-        detail::run_attention<T, S>("SelfAttention", q.middle_cols(h * dk, dk), k, v, o.middle_cols(h * dv, dv), options,
-                                    nullptr, nullptr, nullptr, nullptr, {h, heads_});
+      detail::run_attention<T, S>("SelfAttention", q.middle_cols(h * dk, dk), k, v, o.middle_cols(h * dv, dv), options,
+                                  nullptr, nullptr, nullptr, nullptr, {h, heads_});
     }
-    if (w_.Wo.size() == 0) return heads_out;
+    return output_projection(heads_out);
+  }
+
+  /// The heads' outputs, side by side, through Wo + bo (as they are, without Wo).
+  Matrix<T> output_projection(Matrix<T>& heads_out) const {
+    if (w_.Wo.size() == 0) return std::move(heads_out);
     return project(heads_out, w_.Wo, w_.bo);
   }
 

@@ -18,7 +18,7 @@ namespace detail {
 
 enum class Slot {
   QueryTile, Scores, Accumulator, RowStats, Rescale, TotalAccumulator, RowTotals, ReferenceRow, Packed, ChunkPacked,
-  Partials, GroupQueries, GroupOutputs, RowAlibi, Ones, PagedRows, QueryPairs, WeightPairs,
+  Partials, GroupQueries, GroupOutputs, RowAlibi, Ones, UnitRescale, PagedRows, QueryPairs, WeightPairs,
   BackwardRows, BackwardTouched, BackwardTile, BackwardGroup
 };
 

@@ -29,6 +29,14 @@ struct Paths {
   static void paged_head(MatrixView<const Q> q, const PagedView<const S>& k, const PagedView<const S>& v,
                          MatrixView<Q> out, compute_type<Q>* lse, double scale, const detail::HeadMasks& masks,
                          const Options& options, bool simd);
+  /// The query heads of one step against one sequence of a paged cache (paged_kv_cache.hpp),
+  /// on the Simd path: query head h is column slice h of q and out, with the keys and values
+  /// k[h / group], v[h / group] and the masks masks[h]. Decoding (RowTiles::fits) reads every
+  /// head of a page together (multi_head_attention: the same rows as paged_head's, bit for
+  /// bit); anything else runs head by head (paged_head).
+  static void paged_heads(MatrixView<const Q> q, const PagedView<const S>* k, const PagedView<const S>* v,
+                          Index group, MatrixView<Q> out, double scale, const detail::HeadMasks* masks, Index heads,
+                          const Options& options);
   /// Packed sequences (varlen.hpp): the Simd microkernels when `simd` (float compute only),
   /// Blocked's otherwise.
   static void varlen(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
@@ -86,6 +94,26 @@ void Paths<Q, S>::paged_head(MatrixView<const Q> q, const PagedView<const S>& k,
 }
 
 template <class Q, class S>
+void Paths<Q, S>::paged_heads(MatrixView<const Q> q, const PagedView<const S>* k, const PagedView<const S>* v,
+                              Index group, MatrixView<Q> out, double scale, const detail::HeadMasks* masks,
+                              Index heads, const Options& options) {
+  const Index dk = q.cols / heads, dv = out.cols / heads;
+  if constexpr (std::is_same_v<compute_type<Q>, float>) {
+    using Rows = RowTiles<Arch, S, PagedView<const S>>;
+    if (Rows::fits(q.rows, dk, dv)) {
+      std::vector<HeadCall<Rows>> calls;
+      calls.reserve(std::size_t(heads));
+      for (Index h = 0; h < heads; ++h)
+        calls.push_back({q.middle_cols(h * dk, dk), k[h / group], v[h / group], out.middle_cols(h * dv, dv), masks[h]});
+      return multi_head_attention<Rows>(calls, scale, options);
+    }
+  }
+  for (Index h = 0; h < heads; ++h)
+    paged_head(q.middle_cols(h * dk, dk), k[h / group], v[h / group], out.middle_cols(h * dv, dv), nullptr, scale,
+               masks[h], options, true);
+}
+
+template <class Q, class S>
 void Paths<Q, S>::varlen(const TensorView<const Q>& q, const TensorView<const S>& k, const TensorView<const S>& v,
                          const TensorView<Q>& out, const std::vector<Index>& offsets_q,
                          const std::vector<Index>& offsets_k, double scale, const Options& options, bool simd) {
@@ -134,6 +162,12 @@ struct Target {
                          MatrixView<Q> out, compute_type<Q>* lse, double scale, const detail::HeadMasks& masks,
                          const Options& options, bool simd) {
     Paths<Q, S>::paged_head(q, k, v, out, lse, scale, masks, options, simd);
+  }
+  template <class Q, class S>
+  static void paged_heads(MatrixView<const Q> q, const PagedView<const S>* k, const PagedView<const S>* v,
+                          Index group, MatrixView<Q> out, double scale, const detail::HeadMasks* masks, Index heads,
+                          const Options& options) {
+    Paths<Q, S>::paged_heads(q, k, v, group, out, scale, masks, heads, options);
   }
   /// One head's backward pass (backward-inl.hpp): the Simd microkernels for float when `simd`,
   /// Blocked's loops otherwise (compiled in the scalar target only, like the forward's).

@@ -38,6 +38,18 @@ inline constexpr bool prepares_queries = false;
 template <class Micro>
 inline constexpr bool prepares_queries<Micro, std::void_t<decltype(&Micro::prepare_queries)>> = true;
 
+/// What Micro's score products take as the query tile: rows of scaled queries, or what its
+/// prepare_queries returns.
+template <class Micro, class = void>
+struct QueriesOf {
+  using type = const typename Micro::Vec::value_type*;
+};
+template <class Micro>
+struct QueriesOf<Micro, std::enable_if_t<prepares_queries<Micro>>> {
+  using T = typename Micro::Vec::value_type;
+  using type = decltype(std::declval<const Micro&>().prepare_queries(std::declval<const T*>(), Index(0), T(0)));
+};
+
 /// Row i of a head computed again by the reference path: its output into `out` (d_v values of
 /// T) and its natural LSE. The fallback for rows that did not come out finite
 /// (TiledHead::finish_row, and the merge of split keys); the query row is read exactly.
@@ -107,81 +119,162 @@ class TiledHead {
 
   Index tiles() const { return (q_.rows + blocks_.query_rows - 1) / blocks_.query_rows; }
 
+  /// One query tile, start to finish, in this thread's scratch.
   void run_tile(Index tile) const {
-    const Index bq = blocks_.query_rows, dk = q_.cols, nq = q_.rows;
-    T* q_tile = detail::thread_scratch<T, detail::Slot::QueryTile>(bq * dk);     // (Bq, d_k)
-    T* s = detail::thread_scratch<T, detail::Slot::Scores>(bq * score_ld_);       // (Bq, Bk padded)
-    T* acc = detail::thread_scratch<T, detail::Slot::Accumulator>(bq * acc_ld_);  // (Bq, d_v padded)
-    auto* rows = detail::thread_scratch<OnlineSoftmaxRow<V>, detail::Slot::RowStats>(bq);
-    T* rescale = detail::thread_scratch<T, detail::Slot::Rescale>(bq);  // per row, this key tile
-    Totals totals{detail::thread_scratch<T, detail::Slot::TotalAccumulator>(bq * acc_ld_),
-                  detail::thread_scratch<RowTotal, detail::Slot::RowTotals>(bq), false};
-    T* alibi = detail::thread_scratch<T, detail::Slot::RowAlibi>(2 * bq);  // per row: -slope, then i' - j at key 0
-
-    // prologue: this tile's queries, scaled, and a clean softmax state
-    const Index i0 = tile * bq, n_rows = std::min(bq, nq - i0);
-    Index keys_begin = nk_, keys_end = 0;  // some row sees keys in [keys_begin, keys_end)
-    Index band_begin = 0, band_end = nk_;  // every row sees keys in [band_begin, band_end)
-    const T query_factor = prepares_queries<Micro> ? T(1) : query_scale_;  // prepare_queries scales itself
-    for (Index r = 0; r < n_rows; ++r) {
-      q_.read_row(i0 + r, query_factor, q_tile + r * dk);
-      std::fill(acc + r * acc_ld_, acc + (r + 1) * acc_ld_, T(0));
-      rows[r] = {};
-      keys_begin = std::min(keys_begin, mask_.key_begin(i0 + r));
-      keys_end = std::max(keys_end, mask_.key_end(i0 + r));
-      band_begin = std::max(band_begin, mask_.key_begin(i0 + r));
-      band_end = std::min(band_end, mask_.key_end(i0 + r));
-      alibi[r] = mask_.alibi_step(i0 + r);
-      alibi[bq + r] = T(mask_.alibi_origin(i0 + r));
-    }
-
-    // the next tile's queries (likely this thread's next) and this tile's outputs, which
-    // arrive while the tile computes
-    for (Index i = i0 + bq; i < std::min(nq, i0 + 2 * bq); ++i) q_.prefetch_row(i);
-    for (Index r = 0; r < n_rows; ++r) out_.prefetch_row(i0 + r);
-    const auto queries = prepared_queries(q_tile, n_rows);
-
-    // key tiles from the first one some row sees (tiles stay aligned to multiples of Bk)
-    const Index first = keys_begin / blocks_.key_rows * blocks_.key_rows;
-    for (Index j0 = first, chunk_end = first + chunk_keys_; j0 < keys_end; j0 += blocks_.key_rows) {
-      if (j0 == chunk_end) {  // a running bound, not j0 % chunk_keys_: no division per key tile
-        fold_chunk(n_rows, acc, rows, totals);
-        chunk_end += chunk_keys_;
-      }
-      const Index n_keys = std::min(blocks_.key_rows, nk_ - j0);
-      const bool masked = j0 < band_begin || j0 + n_keys > band_end || mask_.elementwise();
-      if (masked || !fused_softmax(j0, n_keys, queries, n_rows, s, rows, rescale, alibi, alibi + bq)) {
-        micro_.scores(queries, n_rows, j0, n_keys, s, score_ld_);
-        for (Index r = 0; r < n_rows; ++r) {
-          T* s_row = s + r * score_ld_;
-          if (masked || changes_) change_scores(i0 + r, j0, n_keys, s_row);
-          std::fill(s_row + n_keys, s_row + score_ld_, -std::numeric_limits<T>::infinity());
-          rescale[r] = rows[r].absorb(s_row, score_ld_, [&](V x) { return micro_.exp2(x); });
-        }
-      }
-      micro_.accumulate(s, n_rows, score_ld_, j0, n_keys, rescale, acc);
-    }
-    if (totals.used) fold_chunk(n_rows, acc, rows, totals);
-
-    // epilogue: normalise once
-    for (Index r = 0; r < n_rows; ++r) {
-      const RowTotal total = totals.used ? totals.rows[r] : RowTotal{rows[r].running_max, reduce_add(rows[r].running_sum)};
-      finish_row(i0 + r, total, (totals.used ? totals.acc : acc) + r * acc_ld_);
-    }
+    TileState state = scratch_state();
+    begin(tile, state);
+    for (Index j0 = first_key_tile(state); j0 < state.keys_end; j0 += blocks_.key_rows) visit(state, j0);
+    end(state);
   }
 
- private:
   /// A row's softmax state in scalars: its max (base 2) and the sum of 2^(s - max).
   struct RowTotal {
     T max;
     T sum;
   };
-  /// What the chunks of a query tile have added up to so far.
-  struct Totals {
-    T* acc;          // (Bq, acc_ld)
-    RowTotal* rows;  // Bq
-    bool used;
+
+  /// The query tile as the Micro's products take it (prepared_queries).
+  using Queries = typename QueriesOf<Micro>::type;
+
+  /// A query tile between its key tiles: where its queries, scores, accumulators and softmax
+  /// state live, and which keys its rows see. run_tile keeps one; a thread that runs the
+  /// tiles of several heads in step (multi_head_attention) keeps one per head.
+  struct TileState {
+    T* q_tile;                     // (Bq, d_k): the queries, scaled
+    T* s;                          // (Bq, Bk padded): scores, then weights
+    T* acc;                        // (Bq, d_v padded)
+    OnlineSoftmaxRow<V>* rows;     // Bq
+    T* rescale;                    // per row, this key tile
+    T* alibi;                      // per row: -slope, then i' - j at key 0
+    T* total_acc;                  // (Bq, d_v padded): the chunks so far (fold_chunk)
+    RowTotal* totals;              // Bq
+    T* ones;                       // Bq ones: the rescale of every run of a key tile after its first
+    Queries queries{};             // q_tile, as the Micro's products take it
+    bool totals_used = false;
+    Index i0 = 0, n_rows = 0;
+    Index keys_begin = 0, keys_end = 0;  // some row sees keys in [keys_begin, keys_end)
+    Index band_begin = 0, band_end = 0;  // every row sees keys in [band_begin, band_end)
+    Index chunk_end = 0;                 // where the current chunk of keys ends
   };
+
+  /// A TileState in this thread's scratch: state `lane` of `lanes` side by side (every lane
+  /// asks for all of them, so that no later call moves the buffers of an earlier one).
+  TileState scratch_state(Index lane = 0, Index lanes = 1) const {
+    const Index bq = blocks_.query_rows, dk = q_.cols;
+    TileState state;
+    state.q_tile = detail::thread_scratch<T, detail::Slot::QueryTile>(lanes * bq * dk) + lane * bq * dk;
+    state.s = detail::thread_scratch<T, detail::Slot::Scores>(lanes * bq * score_ld_) + lane * bq * score_ld_;
+    state.acc = detail::thread_scratch<T, detail::Slot::Accumulator>(lanes * bq * acc_ld_) + lane * bq * acc_ld_;
+    state.rows = detail::thread_scratch<OnlineSoftmaxRow<V>, detail::Slot::RowStats>(lanes * bq) + lane * bq;
+    state.rescale = detail::thread_scratch<T, detail::Slot::Rescale>(lanes * bq) + lane * bq;
+    state.alibi = detail::thread_scratch<T, detail::Slot::RowAlibi>(lanes * 2 * bq) + lane * 2 * bq;
+    state.total_acc =
+        detail::thread_scratch<T, detail::Slot::TotalAccumulator>(lanes * bq * acc_ld_) + lane * bq * acc_ld_;
+    state.totals = detail::thread_scratch<RowTotal, detail::Slot::RowTotals>(lanes * bq) + lane * bq;
+    state.ones = detail::thread_scratch<T, detail::Slot::UnitRescale>(bq);
+    std::fill(state.ones, state.ones + bq, T(1));
+    return state;
+  }
+
+  /// Prologue: the tile's queries, scaled, a clean softmax state, and the keys its rows see.
+  void begin(Index tile, TileState& st) const {
+    const Index bq = blocks_.query_rows, dk = q_.cols, nq = q_.rows;
+    st.i0 = tile * bq;
+    st.n_rows = std::min(bq, nq - st.i0);
+    st.keys_begin = nk_, st.keys_end = 0, st.band_begin = 0, st.band_end = nk_;
+    st.totals_used = false;
+    const T query_factor = prepares_queries<Micro> ? T(1) : query_scale_;  // prepare_queries scales itself
+    for (Index r = 0; r < st.n_rows; ++r) {
+      const Index i = st.i0 + r;
+      q_.read_row(i, query_factor, st.q_tile + r * dk);
+      std::fill(st.acc + r * acc_ld_, st.acc + (r + 1) * acc_ld_, T(0));
+      st.rows[r] = {};
+      st.keys_begin = std::min(st.keys_begin, mask_.key_begin(i));
+      st.keys_end = std::max(st.keys_end, mask_.key_end(i));
+      st.band_begin = std::max(st.band_begin, mask_.key_begin(i));
+      st.band_end = std::min(st.band_end, mask_.key_end(i));
+      st.alibi[r] = mask_.alibi_step(i);
+      st.alibi[bq + r] = T(mask_.alibi_origin(i));
+    }
+    st.chunk_end = first_key_tile(st) + chunk_keys_;
+    st.queries = prepared_queries(st.q_tile, st.n_rows);
+    // the next tile's queries (likely this thread's next) and this tile's outputs, which
+    // arrive while the tile computes
+    for (Index i = st.i0 + bq; i < std::min(nq, st.i0 + 2 * bq); ++i) q_.prefetch_row(i);
+    for (Index r = 0; r < st.n_rows; ++r) out_.prefetch_row(st.i0 + r);
+  }
+
+  /// The first key tile some row of the tile sees (key tiles stay aligned to multiples of Bk).
+  Index first_key_tile(const TileState& st) const { return st.keys_begin / blocks_.key_rows * blocks_.key_rows; }
+
+  /// Whether the tile visits the key tile at j0 (a multiple of Bk).
+  bool visits(const TileState& st, Index j0) const { return j0 >= first_key_tile(st) && j0 < st.keys_end; }
+
+  /// Folds the key tile at j0 (from first_key_tile on, in order, while visits) into the tile.
+  void visit(TileState& st, Index j0) const {
+    const bool masked = start_key_tile(st, j0);
+    const Index n_keys = tile_keys(j0);
+    if (masked || !fused_softmax(j0, n_keys, st.queries, st.n_rows, st.s, st.rows, st.rescale, st.alibi,
+                                 st.alibi + blocks_.query_rows)) {
+      tile_scores(st, j0, 0, n_keys);
+      tile_softmax(st, j0, masked);
+    }
+    micro_.accumulate(st.s, st.n_rows, score_ld_, j0, n_keys, st.rescale, st.acc);
+  }
+
+  // visit() in steps, for a driver that runs several heads' tiles in step and splits a key
+  // tile into runs of keys that lie together in memory (multi_head_attention):
+  //   start_key_tile; tile_scores over runs covering the tile, in any order; tile_softmax;
+  //   tile_accumulate over the runs, in key order
+  // computes what visit() computes, bit for bit, for a Micro that fuses no softmax.
+
+  /// Keys in the key tile at j0.
+  Index tile_keys(Index j0) const { return std::min(blocks_.key_rows, nk_ - j0); }
+
+  /// Starts the key tile at j0: closes a chunk that ends there, and says whether any of the
+  /// tile's scores is masked (or elementwise masks change them).
+  bool start_key_tile(TileState& st, Index j0) const {
+    if (j0 == st.chunk_end) {  // a running bound, not j0 % chunk_keys_: no division per key tile
+      fold_chunk(st);
+      st.chunk_end += chunk_keys_;
+    }
+    return j0 < st.band_begin || j0 + tile_keys(j0) > st.band_end || mask_.elementwise();
+  }
+
+  /// The scores of keys [j0 + c0, j0 + c0 + count) of the tile at j0.
+  void tile_scores(const TileState& st, Index j0, Index c0, Index count) const {
+    micro_.scores(st.queries, st.n_rows, j0 + c0, count, st.s + c0, score_ld_);
+  }
+
+  /// Masks and changes the tile's scores, then folds them into each row's online softmax: the
+  /// scores become weights, and st.rescale the factor for what the rows hold so far.
+  void tile_softmax(TileState& st, Index j0, bool masked) const {
+    const Index n_keys = tile_keys(j0);
+    for (Index r = 0; r < st.n_rows; ++r) {
+      T* s_row = st.s + r * score_ld_;
+      if (masked || changes_) change_scores(st.i0 + r, j0, n_keys, s_row);
+      std::fill(s_row + n_keys, s_row + score_ld_, -std::numeric_limits<T>::infinity());
+      st.rescale[r] = st.rows[r].absorb(s_row, score_ld_, [&](V x) { return micro_.exp2(x); });
+    }
+  }
+
+  /// acc += the weights of keys [j0 + c0, j0 + c0 + count) times their values; the first run
+  /// (c0 = 0) first rescales acc.
+  void tile_accumulate(const TileState& st, Index j0, Index c0, Index count) const {
+    micro_.accumulate(st.s + c0, st.n_rows, score_ld_, j0 + c0, count, c0 == 0 ? st.rescale : st.ones, st.acc);
+  }
+
+  /// Epilogue: normalise once, and write the rows (and their LSEs).
+  void end(TileState& st) const {
+    if (st.totals_used) fold_chunk(st);
+    for (Index r = 0; r < st.n_rows; ++r) {
+      const RowTotal total =
+          st.totals_used ? st.totals[r] : RowTotal{st.rows[r].running_max, reduce_add(st.rows[r].running_sum)};
+      finish_row(st.i0 + r, total, (st.totals_used ? st.total_acc : st.acc) + r * acc_ld_);
+    }
+  }
+
+ private:
 
   /// The query tile as the Micro's products take it: rows of scaled queries, or what
   /// Micro::prepare_queries makes of the unscaled ones.
@@ -221,26 +314,26 @@ class TiledHead {
     change_score_row<V>(mask_, i, j0, n, s, score_ld_, lanes_, [&](V x) { return micro_.exp2(x); });
   }
 
-  /// Adds the chunk just finished (acc, rows) into the totals with the log-sum-exp rule, then
-  /// starts the next chunk afresh.
-  void fold_chunk(Index n_rows, T* acc, OnlineSoftmaxRow<V>* rows, Totals& totals) const {
+  /// Adds the chunk just finished (st.acc, st.rows) into the totals with the log-sum-exp rule,
+  /// then starts the next chunk afresh.
+  void fold_chunk(TileState& st) const {
     constexpr T kMinusInf = -std::numeric_limits<T>::infinity();
-    for (Index r = 0; r < n_rows; ++r) {
-      RowTotal& total = totals.rows[r];
-      T* total_acc = totals.acc + r * acc_ld_;
-      T* chunk_acc = acc + r * acc_ld_;
-      if (!totals.used) total = {kMinusInf, T(0)}, std::fill(total_acc, total_acc + acc_ld_, T(0));
-      const T chunk_max = rows[r].running_max, chunk_sum = reduce_add(rows[r].running_sum);
+    for (Index r = 0; r < st.n_rows; ++r) {
+      RowTotal& total = st.totals[r];
+      T* total_acc = st.total_acc + r * acc_ld_;
+      T* chunk_acc = st.acc + r * acc_ld_;
+      if (!st.totals_used) total = {kMinusInf, T(0)}, std::fill(total_acc, total_acc + acc_ld_, T(0));
+      const T chunk_max = st.rows[r].running_max, chunk_sum = reduce_add(st.rows[r].running_sum);
       const T max = std::max(total.max, chunk_max);
       if (max != kMinusInf) {  // NaN or a visible key: fold (NaN stays NaN and is redone below)
         const T a = std::exp2(total.max - max), b = std::exp2(chunk_max - max);
         for (Index c = 0; c < acc_ld_; ++c) total_acc[c] = a * total_acc[c] + b * chunk_acc[c];
         total = {max, a * total.sum + b * chunk_sum};
       }
-      rows[r] = {};
+      st.rows[r] = {};
       std::fill(chunk_acc, chunk_acc + acc_ld_, T(0));
     }
-    totals.used = true;
+    st.totals_used = true;
   }
 
   /// out_i = acc / sum (normalised in place in row_acc), and the LSE. A row whose result is not
@@ -288,6 +381,56 @@ class TiledHead {
   T lanes_[V::width];  // 0, 1, ..., W - 1: key offsets within a vector, for ALiBi
 };
 
+/// How a split call cuts its keys (key_pieces): piece p covers keys [p L, (p + 1) L), whole
+/// key tiles, the last one the rest (or none).
+struct KeyPieces {
+  KeyPieces(Index pieces, Index nk, Index key_rows)
+      : nk_(nk), piece_keys_(round_up((nk + pieces - 1) / pieces, key_rows)) {}
+  Index first(Index piece) const { return piece * piece_keys_; }
+  Index keys(Index piece) const { return std::max<Index>(0, std::min(piece_keys_, nk_ - first(piece))); }
+
+  /// The masks of one piece. It sees its keys where they sit in the call (key_offset), so that
+  /// causal alignment, windows, ALiBi and key lengths need no translation; masks and biases
+  /// are column slices. A sink joins the denominator once, after the merge, not once per piece.
+  detail::HeadMasks masks(const detail::HeadMasks& call, Index piece) const {
+    const Index j0 = first(piece), n = keys(piece);
+    detail::HeadMasks masks = call;
+    if (!call.mask.empty()) masks.mask = call.mask.middle_cols(j0, n);
+    if (!call.bias.empty()) masks.bias = call.bias.middle_cols(j0, n);
+    masks.key_offset = call.key_offset + j0;
+    masks.total_keys = call.total_keys >= 0 ? call.total_keys : nk_;
+    masks.sinks = nullptr;
+    return masks;
+  }
+
+ private:
+  Index nk_, piece_keys_;
+};
+
+/// Merges the pieces' partial results (pieces, Nq, d_v) and LSEs (pieces, Nq) in key order
+/// (the same order whatever ran them), into piece 0's slots, adds the sink, and stores each
+/// row, rounded once to out's type. As in TiledHead::finish_row, a row that came out
+/// non-finite is redone by the reference over all its keys at once (a piece cannot tell that
+/// a NaN value it saw has weight 0 in the whole row).
+template <class T, class KV>
+void merge_pieces(QueryRows<T> q, const KV& k, const KV& v, OutputRows<T> out, T* lse, double scale,
+                  const detail::HeadMasks& masks, Index pieces, T* partial_out, T* partial_lse) {
+  const Index nq = q.rows, dv = out.cols;
+  const detail::MaskPolicy<T> full(masks, nq, k.rows, T(1));
+  const MatrixView<T> merged(partial_out, nq, dv, dv);
+  for (Index piece = 1; piece < pieces; ++piece)
+    merge_partial(merged, partial_lse, MatrixView<const T>(partial_out + piece * nq * dv, nq, dv, dv),
+                  partial_lse + piece * nq);
+  for (Index i = 0; i < nq; ++i) {
+    T* row = merged.row(i);
+    if (full.has_sinks()) add_sink(row, dv, partial_lse[i], full.sink(i));
+    if (!std::all_of(row, row + dv, [](T x) { return std::isfinite(x); }))
+      reference_redo_row(q, k, v, i, scale, full, row, partial_lse + i);
+    out.write_row(i, row);
+    if (lse) lse[i] = partial_lse[i];
+  }
+}
+
 /// One head: out = softmax(scale Q K^T + masks) V, and each row's LSE when `lse` is not null.
 /// Q and out: MatrixViews of any storage type, read and written as rows of T.
 template <class Micro>
@@ -313,50 +456,128 @@ void tiled_attention(QueryRows<typename Micro::Vec::value_type> q, const typenam
   }
 
   // Split keys: piece p covers keys [p L, (p + 1) L), whole key tiles, the last one the rest.
-  // Each piece sees its keys where they sit in the call (key_offset), so that causal
-  // alignment, windows, ALiBi and key lengths need no translation; masks and biases are
-  // column slices. A sink joins the denominator once, after the merge, not once per piece.
   // Partial outputs and LSEs: (pieces, Nq, d_v) and (pieces, Nq).
-  const Index piece_keys = round_up((nk + pieces - 1) / pieces, blocks.key_rows);
-  const detail::MaskPolicy<T> full(masks, nq, nk, T(1));
+  const KeyPieces split(pieces, nk, blocks.key_rows);
   const detail::ScratchLease<T, detail::Slot::Partials> partials(pieces * nq * (dv + 1));
   T* partial_out = partials.data();
   T* partial_lse = partial_out + pieces * nq * dv;
   detail::parallel_for(pieces * query_tiles, options, [&](Index first, Index end) {
     for (Index item = first; item < end; ++item) {
       const Index piece = item / query_tiles, tile = item % query_tiles;
-      const Index j0 = piece * piece_keys, n = std::max<Index>(0, std::min(piece_keys, nk - j0));
-      detail::HeadMasks piece_masks = masks;
-      if (!masks.mask.empty()) piece_masks.mask = masks.mask.middle_cols(j0, n);
-      if (!masks.bias.empty()) piece_masks.bias = masks.bias.middle_cols(j0, n);
-      piece_masks.key_offset = masks.key_offset + j0;
-      piece_masks.total_keys = masks.total_keys >= 0 ? masks.total_keys : nk;
-      piece_masks.sinks = nullptr;
+      const Index j0 = split.first(piece), n = split.keys(piece);
       const auto k_piece = k.middle_rows(j0, n), v_piece = v.middle_rows(j0, n);
       T* packed = detail::thread_scratch<T, detail::Slot::ChunkPacked>(Micro::packed_size(k_piece, v_piece, blocks));
       const Micro micro(k_piece, v_piece, blocks, packed);
       micro.pack(k_piece, v_piece, 0, micro.pack_tiles(k_piece));
       const MatrixView<T> piece_out(partial_out + piece * nq * dv, nq, dv, dv);
-      const TiledHead<Micro> head(q, k_piece, v_piece, piece_out, partial_lse + piece * nq, scale, piece_masks,
-                                        micro, blocks);
+      const TiledHead<Micro> head(q, k_piece, v_piece, piece_out, partial_lse + piece * nq, scale,
+                                  split.masks(masks, piece), micro, blocks);
       head.run_tile(tile);
     }
   });
-  // Merge the pieces in key order (the same order whatever ran them), into piece 0's slots.
-  const MatrixView<T> merged(partial_out, nq, dv, dv);
-  for (Index piece = 1; piece < pieces; ++piece)
-    merge_partial(merged, partial_lse, MatrixView<const T>(partial_out + piece * nq * dv, nq, dv, dv),
-                  partial_lse + piece * nq);
-  // As in TiledHead::finish_row: a row that came out non-finite is redone by the reference,
-  // over all its keys at once (a piece cannot tell that a NaN value it saw has weight 0 in
-  // the whole row). Then each row is stored, rounded once to out's type.
-  for (Index i = 0; i < nq; ++i) {
-    T* row = merged.row(i);
-    if (full.has_sinks()) add_sink(row, dv, partial_lse[i], full.sink(i));
-    if (!std::all_of(row, row + dv, [](T x) { return std::isfinite(x); }))
-      reference_redo_row(q, k, v, i, scale, full, row, partial_lse + i);
-    out.write_row(i, row);
-    if (lse) lse[i] = partial_lse[i];
-  }
+  merge_pieces(q, k, v, out, lse, scale, masks, pieces, partial_out, partial_lse);
 }
 
+/// Several heads of one decoding step whose keys lie at the same positions of a memory laid
+/// out page by page, every head of a page together (a paged cache: PagedKVCache):
+/// out_h = softmax(scale Q_h K_h^T + masks_h) V_h for each head h, bit for bit what
+/// tiled_attention computes for each head alone. Each thread takes a piece of the keys for
+/// every head and walks it a key tile at a time; within a tile it computes every head's scores
+/// a page at a time, then every head's softmax, then every head's values a page at a time, so
+/// that memory is read a page of every head at a time rather than a head's share of it:
+/// scattered pages stream from DRAM far faster in whole (README, "Paged KV cache").
+template <class Micro>
+struct HeadCall {
+  using T = typename Micro::Vec::value_type;
+  QueryRows<T> q;
+  typename Micro::KeyView k, v;
+  OutputRows<T> out;
+  detail::HeadMasks masks;
+};
+
+/// Keys from row i of a view on that lie together in memory, at most `most`: the rest of i's
+/// page in a paged view.
+template <class S>
+Index contiguous_keys(const MatrixView<const S>&, Index, Index most) {
+  return most;
+}
+template <class S>
+Index contiguous_keys(const PagedView<const S>& view, Index i, Index most) {
+  return std::min(most, view.run(i));
+}
+
+template <class Micro>
+void multi_head_attention(const std::vector<HeadCall<Micro>>& heads, double scale, const Options& options) {
+  static_assert(!prepares_queries<Micro>, "its prepared queries live in one scratch buffer per thread");
+  using T = typename Micro::Vec::value_type;
+  using Head = TiledHead<Micro>;
+  if (heads.empty()) return;
+  const Index nh = Index(heads.size()), nq = heads[0].q.rows, nk = heads[0].k.rows, dk = heads[0].q.cols,
+              dv = heads[0].out.cols;
+  const BlockConfig blocks =
+      choose_blocks(options.blocks, nq, nk, dk, dv, Index(sizeof(T)), Micro::key_multiple, Micro::row_multiple);
+  const Index query_tiles = (nq + blocks.query_rows - 1) / blocks.query_rows;
+  const Index pieces = key_pieces(query_tiles, nk);
+  if (pieces == 1) {  // short keys: each head alone, as tiled_attention runs it, heads shared among threads
+    detail::parallel_for(nh * query_tiles, options, [&](Index first, Index end) {
+      for (Index item = first; item < end; ++item) {
+        const HeadCall<Micro>& head = heads[std::size_t(item / query_tiles)];
+        const Micro micro(head.k, head.v, blocks, nullptr);  // reads K and V in place
+        Head(head.q, head.k, head.v, head.out, nullptr, scale, head.masks, micro, blocks).run_tile(item % query_tiles);
+      }
+    });
+    return;
+  }
+  const KeyPieces split(pieces, nk, blocks.key_rows);
+  const detail::ScratchLease<T, detail::Slot::Partials> partials(nh * pieces * nq * (dv + 1));
+  T* partial_out = partials.data();
+  T* partial_lse = partial_out + nh * pieces * nq * dv;
+  const auto part = [&](Index h, Index piece) { return (h * pieces + piece) * nq; };  // its first row
+  detail::parallel_for(pieces * query_tiles, options, [&](Index first, Index end) {
+    std::vector<Micro> micros;  // each TiledHead keeps a reference to its Micro: no reallocation
+    std::vector<Head> tiled;
+    std::vector<typename Head::TileState> states;
+    std::vector<char> visiting, masked;
+    micros.reserve(std::size_t(nh)), tiled.reserve(std::size_t(nh));
+    for (Index item = first; item < end; ++item) {
+      const Index piece = item / query_tiles, tile = item % query_tiles;
+      const Index j0 = split.first(piece), n = split.keys(piece);
+      micros.clear(), tiled.clear(), states.clear();
+      for (const HeadCall<Micro>& head : heads)
+        micros.emplace_back(head.k.middle_rows(j0, n), head.v.middle_rows(j0, n), blocks, nullptr);
+      for (Index h = 0; h < nh; ++h) {
+        const HeadCall<Micro>& head = heads[std::size_t(h)];
+        const Index at = part(h, piece);
+        tiled.emplace_back(head.q, head.k.middle_rows(j0, n), head.v.middle_rows(j0, n),
+                           MatrixView<T>(partial_out + at * dv, nq, dv, dv), partial_lse + at, scale,
+                           split.masks(head.masks, piece), micros[std::size_t(h)], blocks);
+        states.push_back(tiled.back().scratch_state(h, nh));
+        tiled.back().begin(tile, states.back());
+      }
+      visiting.assign(std::size_t(nh), 0), masked.assign(std::size_t(nh), 0);
+      const auto k_piece = heads[0].k.middle_rows(j0, n);  // every head's pages are alike
+      for (Index key = 0; key < n; key += blocks.key_rows) {
+        const Index keys = tiled[0].tile_keys(key);
+        const auto each_run = [&](auto&& step) {  // runs of the tile's keys within a page, in order
+          for (Index c = 0, run; c < keys; c += run) {
+            run = contiguous_keys(k_piece, key + c, keys - c);
+            for (std::size_t h = 0; h < tiled.size(); ++h)
+              if (visiting[h]) step(tiled[h], states[h], c, run);
+          }
+        };
+        for (std::size_t h = 0; h < tiled.size(); ++h)
+          if ((visiting[h] = tiled[h].visits(states[h], key))) masked[h] = tiled[h].start_key_tile(states[h], key);
+        each_run([&](const Head& head, auto& st, Index c, Index run) { head.tile_scores(st, key, c, run); });
+        for (std::size_t h = 0; h < tiled.size(); ++h)
+          if (visiting[h]) tiled[h].tile_softmax(states[h], key, masked[h]);
+        each_run([&](const Head& head, auto& st, Index c, Index run) { head.tile_accumulate(st, key, c, run); });
+      }
+      for (std::size_t h = 0; h < tiled.size(); ++h) tiled[h].end(states[h]);
+    }
+  });
+  for (Index h = 0; h < nh; ++h) {
+    const HeadCall<Micro>& head = heads[std::size_t(h)];
+    merge_pieces(head.q, head.k, head.v, head.out, static_cast<T*>(nullptr), scale, head.masks, pieces,
+                 partial_out + part(h, 0) * dv, partial_lse + part(h, 0));
+  }
+}
