@@ -19,8 +19,11 @@
 //                                                 16-token pages in shuffled order, every head in
 //                                                 one call (page by page), against the heads one
 //                                                 by one on a KVCache (`vs_contiguous`: time
-//                                                 ratio; tokens_per_s), and the paged heads one by
-//                                                 one (`by_head_vs_contiguous`)
+//                                                 ratio; tokens_per_s), against every head of
+//                                                 the KVCache in one batched call
+//                                                 (`vs_contiguous_batched`), and the paged heads
+//                                                 one by one against the KVCache's
+//                                                 (`by_head_vs_contiguous`)
 //
 // One iteration = 8 heads, [1, N, 8, d] (the projected layout), Kernel::Simd, 1 or 2 threads.
 //
@@ -185,10 +188,18 @@ void BM_paged_decode(benchmark::State& state, Index n, Index d, int threads) {
                            Eigen::Map<const sdpa::Matrix<float>>(v.data, n, d), out, options);
     }
   };
-  run_paged(), run_paged_by_head(), run_flat();  // warm-up
-  const auto seconds = time_interleaved(state, run_paged, run_flat, run_paged_by_head);
+  sdpa::Matrix<float> flat_heads(1, kHeads * d);
+  const auto run_flat_batched = [&] {  // every head in one batched call: [1, 1, H, d] against [1, H, N, d]
+    using In = sdpa::TensorView<const float>;
+    sdpa::attention(In::bnhd(q.data(), 1, 1, kHeads, d), In::bhnd(flat.keys(0, 0).data, 1, kHeads, n, d),
+                    In::bhnd(flat.values(0, 0).data, 1, kHeads, n, d),
+                    sdpa::TensorView<float>::bnhd(flat_heads.data(), 1, 1, kHeads, d), options);
+  };
+  run_paged(), run_paged_by_head(), run_flat(), run_flat_batched();  // warm-up
+  const auto seconds = time_interleaved(state, run_paged, run_flat, run_paged_by_head, run_flat_batched);
   state.counters["vs_contiguous"] = seconds[0] / seconds[1];
   state.counters["by_head_vs_contiguous"] = seconds[2] / seconds[1];
+  state.counters["vs_contiguous_batched"] = seconds[0] / seconds[3];
   state.counters["tokens_per_s"] = benchmark::Counter(1, benchmark::Counter::kIsIterationInvariantRate);
 }
 

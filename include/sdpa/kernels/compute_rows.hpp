@@ -16,12 +16,22 @@
 SDPA_BEGIN_NAMESPACE
 namespace kernels {
 
-/// Prefetches the cache lines of [at, at + bytes), for reading or for writing.
+/// Prefetches the cache lines of [at, at + bytes), for reading or for writing, into L1.
 inline void prefetch_bytes(const char* at, Index bytes, bool write = false) {
 #if defined(__GNUC__) || defined(__clang__)
   for (Index byte = 0; byte < bytes; byte += 64) write ? __builtin_prefetch(at + byte, 1) : __builtin_prefetch(at + byte);
 #else
   (void)at, (void)bytes, (void)write;
+#endif
+}
+
+/// Prefetches the cache lines of [at, at + bytes), for reading, into L2 only (prefetcht1):
+/// for data wanted a while from now, which into L1 would evict what is wanted sooner.
+inline void prefetch_bytes_l2(const char* at, Index bytes) {
+#if defined(__GNUC__) || defined(__clang__)
+  for (Index byte = 0; byte < bytes; byte += 64) __builtin_prefetch(at + byte, 0, 2);
+#else
+  (void)at, (void)bytes;
 #endif
 }
 

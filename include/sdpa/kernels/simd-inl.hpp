@@ -341,6 +341,14 @@ class RowTiles {
     }
   }
 
+  /// Asks for the K and V rows of keys [j0, j0 + keys) into L2, ahead of their tile (for a
+  /// driver whose next tile lies far in memory: multi_head_attention).
+  static void prefetch_keys(const View& k, const View& v, Index j0, Index keys) {
+    RowCursor k_rows(k, j0, keys), v_rows(v, j0, keys);
+    for (Index c = 0; c < keys; ++c, k_rows.next(), v_rows.next())
+      prefetch_row(k_rows.row(), k.cols), prefetch_row(v_rows.row(), v.cols);
+  }
+
   /// A tile of a paged V goes page by page: each page's rows are contiguous, and every page
   /// after the first adds to the accumulator as it stands (rescale 1), so the sums are the
   /// contiguous cache's, in the same order, bit for bit.
@@ -382,7 +390,7 @@ class RowTiles {
   }
 
   static void prefetch_row(const S* at, Index cols) {
-    prefetch_bytes(reinterpret_cast<const char*>(at), cols * Index(sizeof(S)));
+    prefetch_bytes_l2(reinterpret_cast<const char*>(at), cols * Index(sizeof(S)));
   }
 
   /// Rows first, first + 1, ... of a view (`count` of them), each found without a division:

@@ -562,15 +562,24 @@ void multi_head_attention(const std::vector<HeadCall<Micro>>& heads, double scal
           for (Index c = 0, run; c < keys; c += run) {
             run = contiguous_keys(k_piece, key + c, keys - c);
             for (std::size_t h = 0; h < tiled.size(); ++h)
-              if (visiting[h]) step(tiled[h], states[h], c, run);
+              if (visiting[h]) step(h, c, run);
           }
         };
         for (std::size_t h = 0; h < tiled.size(); ++h)
           if ((visiting[h] = tiled[h].visits(states[h], key))) masked[h] = tiled[h].start_key_tile(states[h], key);
-        each_run([&](const Head& head, auto& st, Index c, Index run) { head.tile_scores(st, key, c, run); });
+        // The next key tile, this piece's or the next piece's first (when this thread runs it),
+        // goes into L2 while this one computes: its pages are scattered, so the hardware
+        // prefetcher cannot run ahead into them.
+        const Index next = j0 + key + blocks.key_rows;
+        const bool prefetch = next < j0 + n || item + 1 < end;
+        const Index next_keys = prefetch ? std::max<Index>(0, std::min(blocks.key_rows, nk - next)) : 0;
+        each_run([&](std::size_t h, Index c, Index run) {
+          tiled[h].tile_scores(states[h], key, c, run);
+          if (c < next_keys) Micro::prefetch_keys(heads[h].k, heads[h].v, next + c, std::min(run, next_keys - c));
+        });
         for (std::size_t h = 0; h < tiled.size(); ++h)
           if (visiting[h]) tiled[h].tile_softmax(states[h], key, masked[h]);
-        each_run([&](const Head& head, auto& st, Index c, Index run) { head.tile_accumulate(st, key, c, run); });
+        each_run([&](std::size_t h, Index c, Index run) { tiled[h].tile_accumulate(states[h], key, c, run); });
       }
       for (std::size_t h = 0; h < tiled.size(); ++h) tiled[h].end(states[h]);
     }
