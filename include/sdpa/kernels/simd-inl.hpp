@@ -199,6 +199,10 @@ class SimdTiles {
   static bool copies_v(const MatrixView<const S>& v) {
     return !std::is_same_v<S, float> || round_up(v.cols, W) != v.cols || v.row_stride != v.cols;
   }
+  /// pack() asks for the row this many keys ahead while it copies one: K and V arrive from L3
+  /// or DRAM (rows of a [tokens, heads d] buffer are 2-4 KiB apart), and the copy's scalar
+  /// stores leave the out-of-order window room for only a row or two of misses.
+  static constexpr Index kPackAhead = 8;
   static Index features(Index elements) { return detail::features<S>(elements); }
   static Index padded_features(const MatrixView<const S>& v) { return round_up(features(v.cols), W); }
 
@@ -230,6 +234,9 @@ class SimdTiles {
   /// layout: once per call, before any tile is computed.
   void pack(MatrixView<const S> k, MatrixView<const S> v, Index first, Index end) const {
     const Index nk = k.rows;
+    const auto ask_ahead = [](const MatrixView<const S>& rows, Index i) {
+      if (i < rows.rows) prefetch_bytes(reinterpret_cast<const char*>(rows.row(i)), rows.cols * Index(sizeof(S)));
+    };
     for (Index t = first; t < end; ++t) {
       // K^T panel t, zero-padded: (d_k, panel_ld)
       float* panel = packed_k_ + t * dk_ * panel_ld_;
@@ -237,11 +244,13 @@ class SimdTiles {
       for (Index e = 0; e < dk_; ++e) std::fill(panel + e * panel_ld_ + keys, panel + (e + 1) * panel_ld_, 0.0f);
       for (Index c = 0; c < keys; ++c) {
         const S* k_row = k.row(j0 + c);
+        ask_ahead(k, j0 + c + kPackAhead);
         for (Index e = 0; e < dk_; ++e) panel[e * panel_ld_ + c] = detail::feature(k_row, e);
       }
       if (!copies_v(v)) continue;
       float* values = const_cast<float*>(v_.data);
       for (Index j = j0; j < j0 + keys; ++j) {
+        ask_ahead(v, j + kPackAhead);
         const Index dv = features(v.cols);
         for (Index e = 0; e < dv; ++e) values[j * acc_ld_ + e] = detail::feature(v.row(j), e);
         std::fill(values + j * acc_ld_ + dv, values + (j + 1) * acc_ld_, 0.0f);
