@@ -10,6 +10,8 @@
 
 #include <sdpa/attention.hpp>
 
+#include <cstring>
+
 namespace test_microkernels {  // this file's names, apart from the other files' in a unity build
 
 using namespace sdpa_test;
@@ -176,6 +178,26 @@ TEST_CASE("decode row tiles: scores and values read in place at every row count"
           }
         for (Index r = rows; r < most; ++r) CHECK(std::isnan(acc[std::size_t(r * d)]));
       }
+}
+
+// The decode scores sum W dot products' lanes at once; each sum must be reduce_add's, bit for
+// bit (the same additions in the same order), in its own lane. Magnitudes spread over 2^-20 to
+// 2^20 make any other order of the additions round differently.
+TEST_CASE("reduce_add_each: every vector's lane sum in its own lane, bit for bit reduce_add's", "[microkernels]") {
+  const auto mk = under_test();
+  auto gen = rng(15);
+  std::uniform_real_distribution<double> exponent(-20, 20);
+  for (int trial = 0; trial < 200; ++trial) {
+    std::vector<float> vectors = random_floats(std::size_t(mk.width * mk.width), gen);
+    for (float& x : vectors) x = float(x * std::exp2(exponent(gen)));
+    std::vector<float> each(std::size_t(mk.width), kNaN), one_by_one(std::size_t(mk.width), kNaN);
+    mk.reduce_add_each(vectors.data(), each.data());
+    mk.reduce_add_one_by_one(vectors.data(), one_by_one.data());
+    for (int t = 0; t < mk.width; ++t) {
+      CAPTURE(sdpa::isa_name(sdpa::isa()), trial, t);
+      CHECK(std::memcmp(&each[std::size_t(t)], &one_by_one[std::size_t(t)], sizeof(float)) == 0);
+    }
+  }
 }
 
 // CTest runs this case as sdpa.microkernels_bf16.<isa> (skipped, by name, where the CPU lacks

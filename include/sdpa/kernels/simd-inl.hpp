@@ -340,13 +340,33 @@ class RowTiles {
   /// Also prefetches, one row per key, this tile's V rows (read next, by accumulate) and the
   /// next tile's K rows: decoding streams K and V from DRAM in alternating tiles, and without
   /// this each tile's first rows of a stream wait for the hardware prefetcher to pick it up again.
+  /// Keys go W at a time: their W dot products are summed across lanes together
+  /// (reduce_add_each), a vector of scores per group instead of a reduction per key, which had
+  /// taken most of an int8 decode's time.
   void scores(const float* q_tile, Index rows, Index j0, Index keys, float* s, Index ld) const {
     const Index dk = detail::features<S>(k_.cols), next_keys = std::min(keys, k_.rows - j0 - keys);
     RowCursor k_rows(k_, j0), v_rows(v_, j0), next_k_rows(k_, j0 + keys, next_keys);
-    for (Index c = 0; c < keys; ++c, k_rows.next(), v_rows.next()) {
-      prefetch_row(v_rows.row(), v_.cols);
-      if (c < next_keys) prefetch_row(next_k_rows.row(), k_.cols), next_k_rows.next();
-      for (Index r = 0; r < rows; ++r) s[r * ld + c] = dot(q_tile + r * dk, k_rows.row(), dk);
+    const S* group[W];
+    for (Index c0 = 0; c0 < keys; c0 += W) {
+      const Index n = std::min<Index>(W, keys - c0);
+      for (Index t = 0; t < n; ++t, k_rows.next(), v_rows.next()) {
+        group[t] = k_rows.row();
+        prefetch_row(v_rows.row(), v_.cols);
+        if (c0 + t < next_keys) prefetch_row(next_k_rows.row(), k_.cols), next_k_rows.next();
+      }
+      for (Index r = 0; r < rows; ++r) {
+        Vec dots[W];
+        SDPA_UNROLL
+        for (int t = 0; t < W; ++t) dots[t] = t < n ? dot_lanes(q_tile + r * dk, group[t], dk) : Vec::zero();
+        const Vec sums = reduce_add_each(dots);
+        if (n == W) {
+          sums.store(s + r * ld + c0);
+        } else {  // the last, partial group: only its keys' scores (the row may end here)
+          float lanes[W];
+          sums.store(lanes);
+          std::copy(lanes, lanes + n, s + r * ld + c0);
+        }
+      }
     }
   }
 
@@ -380,9 +400,10 @@ class RowTiles {
   }
 
  private:
-  /// q . k over dk features, k of type S: vectorised along d, then summed across lanes. An
-  /// int8 row is taken a block at a time, its scale applied once per block.
-  static float dot(const float* q, const S* k, Index dk) {
+  /// q . k over dk features, k of type S, vectorised along d and not yet summed across lanes
+  /// (the lanes' sum is the dot product). An int8 row is taken a block at a time, its scale
+  /// applied once per block.
+  static Vec dot_lanes(const float* q, const S* k, Index dk) {
     Vec sum = Vec::zero();
     if constexpr (is_quantized<S>) {
       constexpr int kBlock = BlockQ8_0::size;
@@ -395,7 +416,7 @@ class RowTiles {
     } else {
       for (Index e = 0; e < dk; e += W) sum = fma(Vec::load(q + e), Vec::load(k + e), sum);
     }
-    return reduce_add(sum);
+    return sum;
   }
 
   static void prefetch_row(const S* at, Index cols) {

@@ -63,6 +63,10 @@ struct MicrokernelSet {
   /// decoding: acc (rows, d_v) = rescale acc + p V with V's rows read in place; d_v a multiple of W
   void (*row_accumulate)(Index rows, const float* p, Index p_ld, Index keys, const float* v, Index v_ld, Index dv,
                          const float* rescale, float* acc);
+  /// sums[t] = the lanes of vector t summed, for the width x width floats of `vectors`: all at
+  /// once (reduce_add_each, as the decode scores sum them) and one vector at a time (reduce_add)
+  void (*reduce_add_each)(const float* vectors, float* sums) = nullptr;
+  void (*reduce_add_one_by_one)(const float* vectors, float* sums) = nullptr;
   /// AVX512-BF16's microkernels (Bf16Tiles), through its packing; null in the targets without
   /// them. Scores: s (rows, keys) = scale q k^T, for q (rows, d_k) and k (keys, d_k) rows of bf16.
   void (*bf16_scores)(Index rows, const Eigen::bfloat16* q, Index dk, const Eigen::bfloat16* k, Index keys,

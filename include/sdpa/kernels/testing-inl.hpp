@@ -61,6 +61,15 @@ inline void row_accumulate(Index rows, const float* p, Index p_ld, Index keys, c
   tiles.accumulate(p, rows, p_ld, 0, keys, rescale, acc);
 }
 
+inline void reduce_add_each(const float* vectors, float* sums) {
+  V each[V::width];
+  for (int t = 0; t < V::width; ++t) each[t] = V::load(vectors + t * V::width);
+  reduce_add_each(each).store(sums);
+}
+inline void reduce_add_one_by_one(const float* vectors, float* sums) {
+  for (int t = 0; t < V::width; ++t) sums[t] = reduce_add(V::load(vectors + t * V::width));
+}
+
 template <V (*f)(V)>
 void elementwise(const float* x, float* y, Index n) {
   for (Index i = 0; i < n; i += V::width) f(V::load(x + i)).store(y + i);
@@ -126,6 +135,8 @@ MicrokernelSet set() {
     microkernel_set.bf16_scores = &bf16_scores<A>;
     microkernel_set.bf16_accumulate = &bf16_accumulate<A>;
   }
+  microkernel_set.reduce_add_each = &testing::reduce_add_each;
+  microkernel_set.reduce_add_one_by_one = &reduce_add_one_by_one;
   microkernel_set.exp2 = &elementwise<exp2_of>;
   microkernel_set.exp = &elementwise<exp_of>;
   microkernel_set.tanh = &elementwise<tanh_of>;

@@ -56,6 +56,22 @@ SDPA_ALWAYS_INLINE float reduce_add(V256 a) {
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
+/// reduce_add of 8 vectors at once: lane t of the result is reduce_add(a[t]), the same sums in
+/// the same order (halves, then pairs), bit for bit.
+SDPA_ALWAYS_INLINE V256 reduce_add_each(const V256 (&a)[8]) {
+  // Input 4h + k is taken as 2k + h: after the two steps lane 4h + k holds the sum of the input
+  // at 2k + h, so taking them transposed leaves every sum in its own lane.
+  const auto in = [&](int i) { return a[(i % 2) * 4 + i / 2].v; };
+  __m256 halves[4];  // half h of halves[k] is input 2k + h's halves added: lanes j + (j + 4)
+  for (int k = 0; k < 4; ++k)
+    halves[k] = _mm256_add_ps(_mm256_permute2f128_ps(in(2 * k), in(2 * k + 1), 0x20),
+                              _mm256_permute2f128_ps(in(2 * k), in(2 * k + 1), 0x31));
+  // within each half, as reduce_add's last two steps: (x0 + x2) + (x1 + x3)
+  const __m256 u01 = _mm256_add_ps(_mm256_unpacklo_ps(halves[0], halves[1]), _mm256_unpackhi_ps(halves[0], halves[1]));
+  const __m256 u23 = _mm256_add_ps(_mm256_unpacklo_ps(halves[2], halves[3]), _mm256_unpackhi_ps(halves[2], halves[3]));
+  return {_mm256_add_ps(_mm256_shuffle_ps(u01, u23, _MM_SHUFFLE(1, 0, 1, 0)),
+                        _mm256_shuffle_ps(u01, u23, _MM_SHUFFLE(3, 2, 3, 2)))};
+}
 SDPA_ALWAYS_INLINE float reduce_max(V256 a) {
   __m128 s = _mm_max_ps(_mm256_castps256_ps128(a.v), _mm256_extractf128_ps(a.v, 1));
   s = _mm_max_ps(s, _mm_movehl_ps(s, s));

@@ -47,6 +47,10 @@ SDPA_ALWAYS_INLINE V128 fma(V128 a, V128 b, V128 c) { return {vfmaq_f32(c.v, a.v
 SDPA_ALWAYS_INLINE V128 max(V128 a, V128 b) { return {vmaxq_f32(a.v, b.v)}; }
 SDPA_ALWAYS_INLINE V128 min(V128 a, V128 b) { return {vminq_f32(a.v, b.v)}; }
 SDPA_ALWAYS_INLINE float reduce_add(V128 a) { return vaddvq_f32(a.v); }
+/// reduce_add of 4 vectors at once: lane t of the result is reduce_add(a[t]), (x0 + x1) + (x2 + x3).
+SDPA_ALWAYS_INLINE V128 reduce_add_each(const V128 (&a)[4]) {
+  return {vpaddq_f32(vpaddq_f32(a[0].v, a[1].v), vpaddq_f32(a[2].v, a[3].v))};
+}
 SDPA_ALWAYS_INLINE float reduce_max(V128 a) { return vmaxvq_f32(a.v); }
 SDPA_ALWAYS_INLINE uint32x4_t less(V128 a, V128 b) { return vcltq_f32(a.v, b.v); }
 SDPA_ALWAYS_INLINE V128 select(uint32x4_t m, V128 a, V128 b) { return {vbslq_f32(m, a.v, b.v)}; }

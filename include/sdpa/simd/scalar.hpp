@@ -45,6 +45,8 @@ template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> fma(Vec<T, scalar> a, Vec<T
 template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> max(Vec<T, scalar> a, Vec<T, scalar> b) { return {!(a.v < b.v) ? a.v : b.v}; }
 template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> min(Vec<T, scalar> a, Vec<T, scalar> b) { return {!(a.v > b.v) ? a.v : b.v}; }
 template <class T> SDPA_ALWAYS_INLINE T reduce_add(Vec<T, scalar> a) { return a.v; }
+/// reduce_add of one "vector" per lane, as the wider ISAs have it.
+template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> reduce_add_each(const Vec<T, scalar> (&a)[1]) { return a[0]; }
 template <class T> SDPA_ALWAYS_INLINE T reduce_max(Vec<T, scalar> a) { return a.v; }
 template <class T> SDPA_ALWAYS_INLINE bool less(Vec<T, scalar> a, Vec<T, scalar> b) { return a.v < b.v; }
 template <class T> SDPA_ALWAYS_INLINE Vec<T, scalar> select(bool m, Vec<T, scalar> a, Vec<T, scalar> b) { return m ? a : b; }
