@@ -38,6 +38,31 @@ SDPA_ALWAYS_INLINE V load(detail::QuantizedFeatures f) {
   return V::load(block.q + f.feature % BlockQ8_0::size) * V::broadcast(V::scale_of(block));
 }
 
+/// C consecutive vectors of a row from `row` on, as load() gives each.
+template <class V, int C, class P>
+SDPA_ALWAYS_INLINE void load_vectors(const P* row, V (&loaded)[C]) {
+  SDPA_UNROLL
+  for (int c = 0; c < C; ++c) loaded[c] = load<V>(row + c * V::width);
+}
+/// The same for an int8 row, each block's scale converted once for all its vectors (the
+/// products are load()'s, exact in float: a 7-bit integer times an fp16 scale). The C vectors
+/// start at a multiple of C W features (value_block's column groups, or a single vector), so
+/// a block holds either all of them or whole runs of 32 / W.
+template <class V, int C>
+SDPA_ALWAYS_INLINE void load_vectors(detail::QuantizedFeatures f, V (&loaded)[C]) {
+  constexpr int kBlock = BlockQ8_0::size, per_block = std::min(C, kBlock / V::width);
+  static_assert(kBlock % V::width == 0 && ((C * V::width) % kBlock == 0 || kBlock % (C * V::width) == 0),
+                "a group of vectors spans whole blocks or lies within one");
+  SDPA_UNROLL
+  for (int c0 = 0; c0 < C; c0 += per_block) {
+    const long feature = f.feature + c0 * V::width;
+    const BlockQ8_0& block = f.blocks[feature / kBlock];
+    const V scale = V::broadcast(V::scale_of(block));
+    SDPA_UNROLL
+    for (int c = 0; c < per_block; ++c) loaded[c0 + c] = V::load(block.q + feature % kBlock + c * V::width) * scale;
+  }
+}
+
 /// Calls f(std::integral_constant<int, n>) for the runtime n in [1, R]: the remainder rows of
 /// a tile get a microkernel of their own exact height.
 template <int R, class F>
@@ -54,8 +79,7 @@ SDPA_ALWAYS_INLINE void with_rows(Index n, F&& f) {
 template <class V, int R, int C, class Row>
 SDPA_ALWAYS_INLINE void rank1_update(const float* column, Index stride, Row row, V (&acc)[R][C]) {
   V loaded[C];
-  SDPA_UNROLL
-  for (int c = 0; c < C; ++c) loaded[c] = load<V>(row + c * V::width);
+  load_vectors(row, loaded);
   SDPA_UNROLL
   for (int r = 0; r < R; ++r) {
     const V scalar = V::broadcast(column[r * stride]);
@@ -337,35 +361,37 @@ class RowTiles {
     return false;
   }
 
-  /// Also prefetches, one row per key, this tile's V rows (read next, by accumulate) and the
-  /// next tile's K rows: decoding streams K and V from DRAM in alternating tiles, and without
-  /// this each tile's first rows of a stream wait for the hardware prefetcher to pick it up again.
   /// Keys go W at a time: their W dot products are summed across lanes together
-  /// (reduce_add_each), a vector of scores per group instead of a reduction per key, which had
-  /// taken most of an int8 decode's time.
+  /// (reduce_add_each), a vector of scores per group instead of a horizontal reduction per key.
+  ///
+  /// Also asks for rows that are read soon: this tile's V rows (read next, by accumulate) and
+  /// the next tile's K rows. Decoding streams K and V from DRAM in alternating tiles, and
+  /// without this each tile's first rows of a stream wait for the hardware prefetcher to pick
+  /// it up again. A contiguous cache's rows follow each other, and the prefetcher streams the
+  /// rest once it has the first: only the first kStreamRows rows of each are asked for (asking
+  /// for every row cost more instructions than the rest of a float decode, and ran no faster:
+  /// docs/design.md, "Decoding"). A paged cache's pages lie anywhere: every row is asked for.
   void scores(const float* q_tile, Index rows, Index j0, Index keys, float* s, Index ld) const {
     const Index dk = detail::features<S>(k_.cols), next_keys = std::min(keys, k_.rows - j0 - keys);
-    RowCursor k_rows(k_, j0), v_rows(v_, j0), next_k_rows(k_, j0 + keys, next_keys);
     const S* group[W];
-    for (Index c0 = 0; c0 < keys; c0 += W) {
-      const Index n = std::min<Index>(W, keys - c0);
-      for (Index t = 0; t < n; ++t, k_rows.next(), v_rows.next()) {
-        group[t] = k_rows.row();
-        prefetch_row(v_rows.row(), v_.cols);
-        if (c0 + t < next_keys) prefetch_row(next_k_rows.row(), k_.cols), next_k_rows.next();
+    if constexpr (std::is_same_v<View, MatrixView<const S>>) {
+      for (Index c = 0; c < std::min(keys, kStreamRows); ++c) prefetch_row(v_.row(j0 + c), v_.cols);
+      for (Index c = 0; c < std::min(next_keys, kStreamRows); ++c) prefetch_row(k_.row(j0 + keys + c), k_.cols);
+      for (Index c0 = 0; c0 < keys; c0 += W) {
+        const Index n = std::min<Index>(W, keys - c0);
+        for (Index t = 0; t < n; ++t) group[t] = k_.row(j0 + c0 + t);
+        group_scores(q_tile, rows, dk, group, n, s + c0, ld);
       }
-      for (Index r = 0; r < rows; ++r) {
-        Vec dots[W];
-        SDPA_UNROLL
-        for (int t = 0; t < W; ++t) dots[t] = t < n ? dot_lanes(q_tile + r * dk, group[t], dk) : Vec::zero();
-        const Vec sums = reduce_add_each(dots);
-        if (n == W) {
-          sums.store(s + r * ld + c0);
-        } else {  // the last, partial group: only its keys' scores (the row may end here)
-          float lanes[W];
-          sums.store(lanes);
-          std::copy(lanes, lanes + n, s + r * ld + c0);
+    } else {
+      RowCursor k_rows(k_, j0), v_rows(v_, j0), next_k_rows(k_, j0 + keys, next_keys);
+      for (Index c0 = 0; c0 < keys; c0 += W) {
+        const Index n = std::min<Index>(W, keys - c0);
+        for (Index t = 0; t < n; ++t, k_rows.next(), v_rows.next()) {
+          group[t] = k_rows.row();
+          prefetch_row(v_rows.row(), v_.cols);
+          if (c0 + t < next_keys) prefetch_row(next_k_rows.row(), k_.cols), next_k_rows.next();
         }
+        group_scores(q_tile, rows, dk, group, n, s + c0, ld);
       }
     }
   }
@@ -383,23 +409,55 @@ class RowTiles {
   /// contiguous cache's, in the same order, bit for bit.
   void accumulate(const float* p, Index rows, Index ld, Index j0, Index keys, const float* rescale,
                   float* acc) const {
-    const Index dv = accumulator_cols();
-    constexpr int C = RegisterBlock<Arch>::vectors;
     if constexpr (std::is_same_v<View, MatrixView<const S>>) {
-      microkernels::accumulate_tile<Vec, max_rows, C>(p, rows, ld, keys, v_.row(j0), v_.row_stride, dv / W, rescale, acc, dv);
+      accumulate_rows(p, rows, ld, keys, v_.row(j0), rescale, acc);
     } else {
       float* ones = detail::thread_scratch<float, detail::Slot::Ones>(rows);
       std::fill(ones, ones + rows, 1.0f);
       for (Index c = 0; c < keys;) {
         const Index n = std::min(keys - c, v_.run(j0 + c));
-        microkernels::accumulate_tile<Vec, max_rows, C>(p + c, rows, ld, n, v_.row(j0 + c), v_.row_stride, dv / W,
-                                                        c == 0 ? rescale : ones, acc, dv);
+        accumulate_rows(p + c, rows, ld, n, v_.row(j0 + c), c == 0 ? rescale : ones, acc);
         c += n;
       }
     }
   }
 
  private:
+  /// acc (rows, d_v) = rescale acc + p (rows, keys) v (keys rows from `v` on, at V's stride).
+  /// One query row takes twice the vectors per pass (its accumulators and loads fit the
+  /// registers), so that V is walked half as many times; the sums are the same either way.
+  void accumulate_rows(const float* p, Index rows, Index ld, Index keys, const S* v, const float* rescale,
+                       float* acc) const {
+    const Index dv = accumulator_cols(), vectors = dv / W;
+    constexpr int C = RegisterBlock<Arch>::vectors;
+    if (rows == 1 && vectors % (2 * C) == 0)
+      microkernels::accumulate_tile<Vec, 1, 2 * C>(p, rows, ld, keys, v, v_.row_stride, vectors, rescale, acc, dv);
+    else
+      microkernels::accumulate_tile<Vec, max_rows, C>(p, rows, ld, keys, v, v_.row_stride, vectors, rescale, acc, dv);
+  }
+
+  /// Rows of a contiguous cache asked for at the start of each stream (see scores).
+  static constexpr Index kStreamRows = 4;
+
+  /// s (rows, n) = q_tile (rows, dk) against the n <= W key rows of `group`, summed across
+  /// lanes W keys at once.
+  static void group_scores(const float* q_tile, Index rows, Index dk, const S* const (&group)[W], Index n, float* s,
+                           Index ld) {
+    for (Index r = 0; r < rows; ++r) {
+      Vec dots[W];
+      SDPA_UNROLL
+      for (int t = 0; t < W; ++t) dots[t] = t < n ? dot_lanes(q_tile + r * dk, group[t], dk) : Vec::zero();
+      const Vec sums = reduce_add_each(dots);
+      if (n == W) {
+        sums.store(s + r * ld);
+      } else {  // the last, partial group: only its keys' scores (the row may end here)
+        float lanes[W];
+        sums.store(lanes);
+        std::copy(lanes, lanes + n, s + r * ld);
+      }
+    }
+  }
+
   /// q . k over dk features, k of type S, vectorised along d and not yet summed across lanes
   /// (the lanes' sum is the dot product). An int8 row is taken a block at a time, its scale
   /// applied once per block.
