@@ -35,7 +35,7 @@ SDPA_ALWAYS_INLINE V load(const P* row) {
 template <class V>
 SDPA_ALWAYS_INLINE V load(detail::QuantizedFeatures f) {
   const BlockQ8_0& block = f.blocks[f.feature / BlockQ8_0::size];
-  return V::load(block.q + f.feature % BlockQ8_0::size) * V::broadcast(V::scale_of(block));
+  return V::load(block.q + f.feature % BlockQ8_0::size) * V::broadcast_scale(block);
 }
 
 /// C consecutive vectors of a row from `row` on, as load() gives each.
@@ -57,7 +57,7 @@ SDPA_ALWAYS_INLINE void load_vectors(detail::QuantizedFeatures f, V (&loaded)[C]
   for (int c0 = 0; c0 < C; c0 += per_block) {
     const long feature = f.feature + c0 * V::width;
     const BlockQ8_0& block = f.blocks[feature / kBlock];
-    const V scale = V::broadcast(V::scale_of(block));
+    const V scale = V::broadcast_scale(block);
     SDPA_UNROLL
     for (int c = 0; c < per_block; ++c) loaded[c0 + c] = V::load(block.q + feature % kBlock + c * V::width) * scale;
   }
@@ -440,9 +440,25 @@ class RowTiles {
   static constexpr Index kStreamRows = 4;
 
   /// s (rows, n) = q_tile (rows, dk) against the n <= W key rows of `group`, summed across
-  /// lanes W keys at once.
+  /// lanes W keys at once. The common head dims are compile-time constants here, so that
+  /// dot_lanes' loops unroll completely (their counters and branches had cost a float decode
+  /// about a fifth of its instructions).
   static void group_scores(const float* q_tile, Index rows, Index dk, const S* const (&group)[W], Index n, float* s,
                            Index ld) {
+    if (dk == 64) return group_scores(q_tile, rows, std::integral_constant<Index, 64>{}, group, n, s, ld);
+    if (dk == 128) return group_scores(q_tile, rows, std::integral_constant<Index, 128>{}, group, n, s, ld);
+    group_scores(q_tile, rows, Dim{dk}, group, n, s, ld);
+  }
+
+  /// A head dim known only at run time, as group_scores' overloads take it.
+  struct Dim {
+    Index value;
+    constexpr operator Index() const { return value; }
+  };
+
+  template <class Features>
+  static void group_scores(const float* q_tile, Index rows, Features dk, const S* const (&group)[W], Index n,
+                           float* s, Index ld) {
     for (Index r = 0; r < rows; ++r) {
       Vec dots[W];
       SDPA_UNROLL
@@ -461,7 +477,8 @@ class RowTiles {
   /// q . k over dk features, k of type S, vectorised along d and not yet summed across lanes
   /// (the lanes' sum is the dot product). An int8 row is taken a block at a time, its scale
   /// applied once per block.
-  static Vec dot_lanes(const float* q, const S* k, Index dk) {
+  template <class Features>
+  static Vec dot_lanes(const float* q, const S* k, Features dk) {
     Vec sum = Vec::zero();
     if constexpr (is_quantized<S>) {
       constexpr int kBlock = BlockQ8_0::size;
@@ -469,7 +486,7 @@ class RowTiles {
         Vec block = Vec::zero();
         SDPA_UNROLL
         for (int e = 0; e < kBlock; e += W) block = fma(Vec::load(q + e), Vec::load(k[b].q + e), block);
-        sum = fma(block, Vec::broadcast(Vec::scale_of(k[b])), sum);
+        sum = fma(block, Vec::broadcast_scale(k[b]), sum);
       }
     } else {
       for (Index e = 0; e < dk; e += W) sum = fma(Vec::load(q + e), Vec::load(k + e), sum);

@@ -26,12 +26,12 @@ struct Vec<float, avx512> {
     const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
     return {_mm512_castsi512_ps(_mm512_slli_epi32(wide, 16))};
   }
-  /// A block's fp16 scale with F16C (Eigen's conversion, compiled for the build's flags, may
-  /// take a dozen integer instructions).
-  static SDPA_ALWAYS_INLINE float scale_of(const BlockQ8_0& block) {
-    std::uint16_t bits;
+  /// A block's fp16 scale in every lane: broadcast as 16 bits, then converted (vcvtph2ps;
+  /// Eigen's conversion, compiled for the build's flags, may take a dozen integer instructions).
+  static SDPA_ALWAYS_INLINE Vec broadcast_scale(const BlockQ8_0& block) {
+    std::int16_t bits;
     std::memcpy(&bits, &block.scale, sizeof bits);
-    return _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits)));
+    return {_mm512_cvtph_ps(_mm256_set1_epi16(bits))};
   }
   static SDPA_ALWAYS_INLINE Vec load(const std::int8_t* p) {
     return {_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))))};

@@ -31,7 +31,7 @@ struct Vec<float, neon> {
     const int16x8_t wide = vmovl_s8(vreinterpret_s8_s32(vdup_n_s32(four)));
     return {vcvtq_f32_s32(vmovl_s16(vget_low_s16(wide)))};
   }
-  static SDPA_ALWAYS_INLINE float scale_of(const BlockQ8_0& block) { return float(block.scale); }  // fcvt
+  static SDPA_ALWAYS_INLINE Vec broadcast_scale(const BlockQ8_0& block) { return {vdupq_n_f32(float(block.scale))}; }  // fcvt
   static SDPA_ALWAYS_INLINE Vec broadcast(float x) { return {vdupq_n_f32(x)}; }
   static SDPA_ALWAYS_INLINE Vec zero() { return {vdupq_n_f32(0.0f)}; }
   SDPA_ALWAYS_INLINE void store(float* p) const { vst1q_f32(p, v); }

@@ -21,7 +21,7 @@ struct Vec<T, scalar> {
   template <class S, class = std::enable_if_t<is_half_precision<S>>>
   static SDPA_ALWAYS_INLINE Vec load(const S* p) { return {T(*p)}; }
   static SDPA_ALWAYS_INLINE Vec load(const std::int8_t* p) { return {T(*p)}; }
-  static SDPA_ALWAYS_INLINE float scale_of(const BlockQ8_0& block) { return float(block.scale); }
+  static SDPA_ALWAYS_INLINE Vec broadcast_scale(const BlockQ8_0& block) { return {T(float(block.scale))}; }
   static SDPA_ALWAYS_INLINE Vec broadcast(T x) { return {x}; }
   static SDPA_ALWAYS_INLINE Vec zero() { return {T(0)}; }
   SDPA_ALWAYS_INLINE void store(T* p) const { *p = v; }
