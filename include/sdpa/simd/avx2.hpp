@@ -26,12 +26,12 @@ struct Vec<float, avx2> {
     const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return {_mm256_castsi256_ps(_mm256_slli_epi32(wide, 16))};
   }
-  /// A block's fp16 scale in every lane, converted with F16C (Eigen's conversion, compiled for
-  /// the build's flags, may take a dozen integer instructions).
+  /// A block's fp16 scale in every lane: converted as a scalar with F16C, then broadcast
+  /// (Eigen's conversion, compiled for the build's flags, may take a dozen integer instructions).
   static SDPA_ALWAYS_INLINE Vec broadcast_scale(const BlockQ8_0& block) {
-    std::int16_t bits;
+    std::uint16_t bits;
     std::memcpy(&bits, &block.scale, sizeof bits);
-    return {_mm256_cvtph_ps(_mm_set1_epi16(bits))};
+    return {_mm256_set1_ps(_mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits))))};
   }
   static SDPA_ALWAYS_INLINE Vec load(const std::int8_t* p) {
     return {_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))))};
