@@ -24,30 +24,19 @@ template <> struct RegisterBlock<simd::scalar> { static constexpr int rows = 4, 
 
 namespace microkernels {
 
-/// W features of a row from `row` on: loaded as the vector type says (float, 16-bit), or for an
-/// int8 row (detail::QuantizedFeatures, within one block) the block's integers widened and
-/// times its scale. (Here, not in simd/arch.hpp: code inlining a target's vectors must be
+/// C consecutive vectors of a row from `row` on, widened to float as the vector type loads
+/// them (float, 16-bit). (Here, not in simd/arch.hpp: code inlining a target's vectors must be
 /// compiled inside that target.)
-template <class V, class P>
-SDPA_ALWAYS_INLINE V load(const P* row) {
-  return V::load(row);
-}
-template <class V>
-SDPA_ALWAYS_INLINE V load(detail::QuantizedFeatures f) {
-  const BlockQ8_0& block = f.blocks[f.feature / BlockQ8_0::size];
-  return V::load(block.q + f.feature % BlockQ8_0::size) * V::broadcast_scale(block);
-}
-
-/// C consecutive vectors of a row from `row` on, as load() gives each.
 template <class V, int C, class P>
 SDPA_ALWAYS_INLINE void load_vectors(const P* row, V (&loaded)[C]) {
   SDPA_UNROLL
-  for (int c = 0; c < C; ++c) loaded[c] = load<V>(row + c * V::width);
+  for (int c = 0; c < C; ++c) loaded[c] = V::load(row + c * V::width);
 }
-/// The same for an int8 row, each block's scale converted once for all its vectors (the
-/// products are load()'s, exact in float: a 7-bit integer times an fp16 scale). The C vectors
-/// start at a multiple of C W features (value_block's column groups, or a single vector), so
-/// a block holds either all of them or whole runs of 32 / W.
+/// The same for an int8 row (detail::QuantizedFeatures): each block's integers widened and
+/// times its scale, converted once for all the block's vectors (the products are exact in
+/// float: a 7-bit integer times an fp16 scale). The C vectors start at a multiple of C W
+/// features (value_block's column groups, or a single vector), so a block holds either all of
+/// them or whole runs of 32 / W.
 template <class V, int C>
 SDPA_ALWAYS_INLINE void load_vectors(detail::QuantizedFeatures f, V (&loaded)[C]) {
   constexpr int kBlock = BlockQ8_0::size, per_block = std::min(C, kBlock / V::width);
@@ -369,30 +358,34 @@ class RowTiles {
   /// without this each tile's first rows of a stream wait for the hardware prefetcher to pick
   /// it up again. A contiguous cache's rows follow each other, and the prefetcher streams the
   /// rest once it has the first: only the first kStreamRows rows of each are asked for (asking
-  /// for every row cost more instructions than the rest of a float decode, and ran no faster:
+  /// for every row was a quarter of a float decode's instructions, and ran no faster:
   /// docs/design.md, "Decoding"). A paged cache's pages lie anywhere: every row is asked for.
   void scores(const float* q_tile, Index rows, Index j0, Index keys, float* s, Index ld) const {
     const Index dk = detail::features<S>(k_.cols), next_keys = std::min(keys, k_.rows - j0 - keys);
-    const S* group[W];
+    // each group of up to W keys: its key rows found by find(c0, n, group), then scored
+    const auto in_groups = [&](auto&& find) {
+      const S* group[W];
+      for (Index c0 = 0; c0 < keys; c0 += W) {
+        const Index n = std::min<Index>(W, keys - c0);
+        find(c0, n, group);
+        group_scores(q_tile, rows, dk, group, n, s + c0, ld);
+      }
+    };
     if constexpr (std::is_same_v<View, MatrixView<const S>>) {
       for (Index c = 0; c < std::min(keys, kStreamRows); ++c) prefetch_row(v_.row(j0 + c), v_.cols);
       for (Index c = 0; c < std::min(next_keys, kStreamRows); ++c) prefetch_row(k_.row(j0 + keys + c), k_.cols);
-      for (Index c0 = 0; c0 < keys; c0 += W) {
-        const Index n = std::min<Index>(W, keys - c0);
+      in_groups([&](Index c0, Index n, const S* (&group)[W]) {
         for (Index t = 0; t < n; ++t) group[t] = k_.row(j0 + c0 + t);
-        group_scores(q_tile, rows, dk, group, n, s + c0, ld);
-      }
+      });
     } else {
       RowCursor k_rows(k_, j0), v_rows(v_, j0), next_k_rows(k_, j0 + keys, next_keys);
-      for (Index c0 = 0; c0 < keys; c0 += W) {
-        const Index n = std::min<Index>(W, keys - c0);
+      in_groups([&](Index c0, Index n, const S* (&group)[W]) {
         for (Index t = 0; t < n; ++t, k_rows.next(), v_rows.next()) {
           group[t] = k_rows.row();
           prefetch_row(v_rows.row(), v_.cols);
           if (c0 + t < next_keys) prefetch_row(next_k_rows.row(), k_.cols), next_k_rows.next();
         }
-        group_scores(q_tile, rows, dk, group, n, s + c0, ld);
-      }
+      });
     }
   }
 
@@ -441,8 +434,8 @@ class RowTiles {
 
   /// s (rows, n) = q_tile (rows, dk) against the n <= W key rows of `group`, summed across
   /// lanes W keys at once. The common head dims are compile-time constants here, so that
-  /// dot_lanes' loops unroll completely (their counters and branches had cost a float decode
-  /// about a fifth of its instructions).
+  /// dot_lanes' loops unroll completely (their counters and branches had been two fifths of
+  /// a float decode's instructions: callgrind, AVX2, d = 64).
   static void group_scores(const float* q_tile, Index rows, Index dk, const S* const (&group)[W], Index n, float* s,
                            Index ld) {
     if (dk == 64) return group_scores(q_tile, rows, std::integral_constant<Index, 64>{}, group, n, s, ld);
